@@ -1,0 +1,33 @@
+# Two commands set everything up on a fresh machine (only Python needed):
+#   make demo   create .venv, install, run the main job on its bundled default data
+#   make test   create .venv, install with test extras, run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The pinned CPU wheel; on another machine `make TORCH=torch demo` takes whatever torch pip finds.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)" || $(BIN)/pip install -q "torch>=2.4"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/mobilenet demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check mobilenet tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,159 @@
+"""Weights files: one ``.safetensors`` file whose header carries the JSON metadata needed to rebuild
+the model (config, class names, preprocessing, provenance). No pickle: loading never runs code.
+
+Writes are atomic (temporary file in the same folder, fsync, rename), so a crash mid-save leaves the
+previous file intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from .model import MobileNetV1
+from .preprocessing import Preprocessing
+
+FORMAT_VERSION = 1
+METADATA_KEY = "mobilenet"
+
+
+class WeightsFileError(ValueError):
+    """A weights file is missing, unreadable, or does not match the model it is loaded into."""
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def model_metadata(model: nn.Module) -> dict[str, Any]:
+    """Architecture name and config of a model this package can rebuild."""
+    if isinstance(model, MobileNetV1):
+        return {"architecture": "mobilenet_v1", "config": model.config.to_dict()}
+    to_metadata = getattr(model, "to_metadata", None)
+    if callable(to_metadata):
+        return to_metadata()
+    raise TypeError(f"cannot save a {type(model).__name__}: it has no config this package can rebuild")
+
+
+def save(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    class_names: list[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights and everything ``load`` needs into one safetensors file."""
+    meta = model_metadata(model)
+    if preprocessing is None and "config" in meta and "resolution" in meta["config"]:
+        preprocessing = Preprocessing.imagenet(meta["config"]["resolution"])
+    meta.update(
+        format_version=FORMAT_VERSION,
+        class_names=list(class_names) if class_names is not None else None,
+        preprocessing=preprocessing.to_dict() if preprocessing is not None else None,
+        extra=extra or {},
+    )
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(meta)})
+    path = Path(path)
+    with atomic_write(path) as f:
+        f.write(blob)
+    return path
+
+
+def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, metadata) of a weights file, with clear errors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsFileError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsFileError(f"{path} is not a readable safetensors file ({e})") from None
+    if METADATA_KEY not in header:
+        raise WeightsFileError(
+            f"{path} has no '{METADATA_KEY}' metadata: it was not written by mobilenet "
+            "(import foreign weights with `mobilenet convert`)")
+    meta = json.loads(header[METADATA_KEY])
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise WeightsFileError(f"{path} uses format version {meta['format_version']}; upgrade mobilenet to read it")
+    return tensors, meta
+
+
+# Builders for each architecture a weights file may name; detection registers its own.
+BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
+    "mobilenet_v1": lambda cfg: MobileNetV1.from_config(cfg),
+}
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load every tensor or fail naming the first missing/unexpected/mis-shaped key."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        first = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise WeightsFileError(
+            f"{source} does not match the model: {first} ({len(missing)} missing, {len(unexpected)} unexpected)")
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise WeightsFileError(
+                f"{source} does not match the model: {k!r} has shape {tuple(state[k].shape)}, "
+                f"the model expects {tuple(v.shape)}")
+    model.load_state_dict(state)
+
+
+def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model from a weights file alone; it comes back in eval mode.
+
+    The file's metadata is attached as ``model.weights_metadata`` (class names, preprocessing, ...).
+    """
+    tensors, meta = read(path)
+    arch = meta.get("architecture")
+    if arch not in BUILDERS:
+        raise WeightsFileError(f"{path}: unknown architecture {arch!r} (known: {', '.join(sorted(BUILDERS))})")
+    model = BUILDERS[arch](meta["config"])
+    load_state_strict(model, tensors, str(path))
+    model.weights_metadata = meta  # type: ignore[attr-defined]
+    return model.to(map_location).eval()
+
+
+def load_weights_into(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load a weights file into an existing model, strictly (same keys and shapes)."""
+    tensors, meta = read(path)
+    load_state_strict(model, tensors, str(path))
+    model.weights_metadata = meta  # type: ignore[attr-defined]
+    return model
