@@ -84,9 +84,11 @@ class MobileNetConfig:
                f"num_classes must be an integer >= 0 (0: no classifier), got {self.num_classes!r}")
         _check(self.dropout is None or (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1),
                f"dropout must be in [0, 1), got {self.dropout!r}")
-        _check(_is_int(self.in_chans) and self.in_chans >= 1, f"in_chans must be an integer >= 1, got {self.in_chans!r}")
+        _check(_is_int(self.in_chans) and self.in_chans >= 1,
+               f"in_chans must be an integer >= 1, got {self.in_chans!r}")
         _check(self.preset in PRESETS, f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
-        _check(self.conv_type in ("separable", "full"), f"conv_type must be 'separable' or 'full', got {self.conv_type!r}")
+        _check(self.conv_type in ("separable", "full"),
+               f"conv_type must be 'separable' or 'full', got {self.conv_type!r}")
         _check(isinstance(self.shallow, bool), f"shallow must be True or False, got {self.shallow!r}")
         _check(self.stem_stride in (1, 2), f"stem_stride must be 1 or 2, got {self.stem_stride!r}")
         _check(_is_int(self.min_channels) and self.min_channels >= 1,
