@@ -1,0 +1,185 @@
+"""ImageFolder trees read straight from a ``.zip`` or ``.tar`` archive, without extracting it.
+
+Members are read lazily. Open file handles do not survive ``fork`` safely (two processes sharing one file offset
+read each other's bytes), so each reader remembers the process id that opened its handle and reopens the archive
+in any other process: every DataLoader worker gets its own handle, with no ``worker_init_fn`` needed. Readers
+drop their handle when pickled (``spawn`` workers).
+
+* zip: random access through the central directory; stored (uncompressed) zips, like the shared CIFAR-10
+  copies, cost one seek per image.
+* uncompressed tar: member offsets are recorded once at scan time; a read is one seek + read on a raw file.
+* compressed tar (``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``): gzip has no random access, so the members
+  are read into memory in one pass at open time. Fine for small sets (CIFAR-size); extract large ones first.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from .dataset import EncodedImageDataset, Transform, warn_skipped
+from .decode import has_image_extension
+from .folder import check_samples, index_tree
+
+_HEAD_BYTES = 16
+_TAIL_BYTES = 1024
+ZIP_SUFFIXES = (".zip",)
+TAR_SUFFIXES = (".tar",)
+COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
+def archive_kind(path: str | os.PathLike[str]) -> str | None:
+    """``"zip"``, ``"tar"``, ``"compressed_tar"`` from the file name, or ``None`` for anything else."""
+    name = str(path).lower()
+    if name.endswith(ZIP_SUFFIXES):
+        return "zip"
+    if name.endswith(COMPRESSED_TAR_SUFFIXES):
+        return "compressed_tar"
+    if name.endswith(TAR_SUFFIXES):
+        return "tar"
+    return None
+
+
+class _PerProcessHandle:
+    """Base for readers holding an open archive: reopened in each process, dropped when pickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = None
+        self._pid = -1
+
+    def _open(self):
+        raise NotImplementedError
+
+    def handle(self):
+        if self._handle is None or self._pid != os.getpid():
+            self._handle = self._open()
+            self._pid = os.getpid()
+        return self._handle
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_handle"], state["_pid"] = None, -1
+        return state
+
+
+class ZipReader(_PerProcessHandle):
+    """Members of a zip file by name."""
+
+    def _open(self) -> zipfile.ZipFile:
+        return zipfile.ZipFile(self.path)
+
+    def names(self) -> list[str]:
+        return self.handle().namelist()
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self.handle().read(name)
+        except (zipfile.BadZipFile, KeyError, EOFError) as error:  # corrupt member / CRC mismatch
+            raise OSError(f"{self.path}:{name}: {error}") from error
+
+    def head_tail(self, name: str) -> tuple[bytes, bytes]:
+        zf = self.handle()
+        size = zf.getinfo(name).file_size
+        try:
+            with zf.open(name) as f:
+                head = f.read(_HEAD_BYTES)
+                f.seek(max(0, size - _TAIL_BYTES))
+                return head, f.read()
+        except (zipfile.BadZipFile, EOFError) as error:
+            raise OSError(f"{self.path}:{name}: {error}") from error
+
+
+class TarReader(_PerProcessHandle):
+    """Members of an uncompressed tar by name, via the byte offsets recorded when it was listed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.offsets: dict[str, tuple[int, int]] = {}  # name -> (offset of the data, size)
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if member.isfile():
+                    self.offsets[member.name] = (member.offset_data, member.size)
+
+    def _open(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+    def names(self) -> list[str]:
+        return list(self.offsets)
+
+    def _range(self, start: int, size: int) -> bytes:
+        f = self.handle()
+        f.seek(start)
+        data = f.read(size)
+        if len(data) != size:
+            raise OSError(f"{self.path}: archive ends {size - len(data)} bytes early")
+        return data
+
+    def read(self, name: str) -> bytes:
+        offset, size = self.offsets[name]
+        return self._range(offset, size)
+
+    def head_tail(self, name: str) -> tuple[bytes, bytes]:
+        offset, size = self.offsets[name]
+        tail_start = max(0, size - _TAIL_BYTES)
+        return self._range(offset, min(size, _HEAD_BYTES)), self._range(offset + tail_start, size - tail_start)
+
+
+class MemoryReader:
+    """Files held in memory by name (members of a compressed tar, read in one pass)."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+
+    @classmethod
+    def from_compressed_tar(cls, path: Path) -> MemoryReader:
+        files = {}
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if member.isfile() and has_image_extension(member.name):
+                    f = tar.extractfile(member)
+                    files[member.name] = f.read() if f is not None else b""
+                elif member.isfile():
+                    files[member.name] = b""  # listed (and reported as not an image), not kept
+        return cls(files)
+
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def read(self, name: str) -> bytes:
+        return self.files[name]
+
+    def head_tail(self, name: str) -> tuple[bytes, bytes]:
+        data = self.files[name]
+        return data[:_HEAD_BYTES], data[-_TAIL_BYTES:]
+
+
+def open_archive(path: str | os.PathLike[str], *, transform: Transform | None = None,
+                 class_names: Sequence[str] | None = None, check: str = "quick") -> EncodedImageDataset:
+    """An ImageFolder dataset from a zip or tar archive holding ``<class>/<image>`` (or ``<top>/<class>/<image>``,
+    e.g. ``train/cat/0001.jpg``: a single top-level folder is stripped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"archive not found: {path}")
+    kind = archive_kind(path)
+    try:
+        if kind == "zip":
+            reader = ZipReader(path)
+        elif kind == "tar":
+            reader = TarReader(path)
+        elif kind == "compressed_tar":
+            reader = MemoryReader.from_compressed_tar(path)
+        else:
+            raise ValueError(f"not a .zip or .tar archive: {path}")
+        names = reader.names()
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
+        raise ValueError(f"cannot read archive {path}: {type(error).__name__}: {error}") from error
+    samples, found, skipped = index_tree(names, class_names, strip_single_top=True, source=str(path))
+    samples, bad = check_samples(reader, samples, check)
+    skipped += bad
+    warn_skipped(skipped, str(path))
+    return EncodedImageDataset(reader, samples, found, transform=transform, skipped=skipped, source=str(path))
