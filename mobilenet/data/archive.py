@@ -100,16 +100,19 @@ class TarReader(_PerProcessHandle):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.offsets: dict[str, tuple[int, int]] = {}  # name -> (offset of the data, size)
+        self.dirs: list[str] = []  # listed so that empty class folders are seen and reported
         with tarfile.open(path, "r:") as tar:
             for member in tar:
                 if member.isfile():
                     self.offsets[member.name] = (member.offset_data, member.size)
+                elif member.isdir():
+                    self.dirs.append(member.name.rstrip("/") + "/")
 
     def _open(self) -> BinaryIO:
         return open(self.path, "rb")
 
     def names(self) -> list[str]:
-        return list(self.offsets)
+        return self.dirs + list(self.offsets)
 
     def _range(self, start: int, size: int) -> bytes:
         f = self.handle()
@@ -132,12 +135,13 @@ class TarReader(_PerProcessHandle):
 class MemoryReader:
     """Files held in memory by name (members of a compressed tar, read in one pass)."""
 
-    def __init__(self, files: dict[str, bytes]) -> None:
+    def __init__(self, files: dict[str, bytes], dirs: list[str] | None = None) -> None:
         self.files = files
+        self.dirs = dirs or []
 
     @classmethod
     def from_compressed_tar(cls, path: Path) -> MemoryReader:
-        files = {}
+        files, dirs = {}, []
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
                 if member.isfile() and has_image_extension(member.name):
@@ -145,10 +149,12 @@ class MemoryReader:
                     files[member.name] = f.read() if f is not None else b""
                 elif member.isfile():
                     files[member.name] = b""  # listed (and reported as not an image), not kept
-        return cls(files)
+                elif member.isdir():
+                    dirs.append(member.name.rstrip("/") + "/")
+        return cls(files, dirs)
 
     def names(self) -> list[str]:
-        return list(self.files)
+        return self.dirs + list(self.files)
 
     def read(self, name: str) -> bytes:
         return self.files[name]
