@@ -17,7 +17,9 @@ raises with the one line the user needs: which URL to download to which path.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import importlib
 import io
 import os
 import pickle
@@ -48,6 +50,8 @@ _ALLOWED_GLOBALS = frozenset({
     # pickle protocol 5 (a batch re-saved by Python 3.8+) builds arrays from raw bytes instead.
     ("numpy.core.numeric", "_frombuffer"),
     ("numpy._core.numeric", "_frombuffer"),
+    # Python 3 writes bytes as _codecs.encode(str, "latin1") under protocols < 3 (a pure str -> bytes function).
+    ("_codecs", "encode"),
 })
 
 
@@ -57,8 +61,6 @@ class UnsafePickleError(ValueError):
 
 def _numpy_private(module: str, name: str):
     # numpy 2 moved ``numpy.core`` to ``numpy._core`` (the old name still works but warns): try the new one first.
-    import importlib
-
     for prefix in ("numpy._core", "numpy.core"):
         try:
             return getattr(importlib.import_module(f"{prefix}.{module}"), name)
@@ -75,6 +77,8 @@ class SafeUnpickler(pickle.Unpickler):
             raise UnsafePickleError(f"refusing to unpickle global {module}.{name}: not a plain data pickle")
         if module == "numpy":
             return np.ndarray if name == "ndarray" else np.dtype
+        if module == "_codecs":
+            return codecs.encode
         return _numpy_private(module.rsplit(".", 1)[-1], name)
 
 
