@@ -1,0 +1,95 @@
+"""TF Lite MobileNet v1 classifiers (float or uint8-quantized ``.tflite``) -> our weights.
+
+TF Lite folded every BatchNorm into its conv (kernel scaled, bias added) and fused ReLU6 into the op;
+quantized files store uint8 kernels with scale/zero point and int32 biases with scale
+input_scale * kernel_scale. We dequantize both and give each conv an identity BN whose beta is the
+folded bias (see ``imported._unit_state``), so our float model computes conv(x) + bias -> ReLU6.
+The input quantization (uint8, scale 1/128, zero point 128) becomes the preprocessing:
+x_float = (pixel - 128) / 128.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..model import LAYERS, STEM_STRIDE
+from ..preprocessing import Preprocessing
+from .imported import ConvUnit, Imported, depthwise_1hwc_to_oihw, ohwi_to_oihw
+from .tflite_format import TFLiteModel, TFLiteOperator, read_tflite
+
+_CONVS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+# Ops that carry no weights in a classifier graph; anything else is refused (not a plain MobileNet v1).
+_PASSIVE = ("PAD", "AVERAGE_POOL_2D", "MEAN", "RESHAPE", "SQUEEZE", "SOFTMAX", "QUANTIZE", "DEQUANTIZE")
+
+
+def _constant(model: TFLiteModel, index: int, producers: dict[int, TFLiteOperator], what: str) -> np.ndarray:
+    """Float values of a constant input, looking through a DEQUANTIZE op (float16/int8 weight storage)."""
+    t = model.tensors[index]
+    if not t.is_constant and index in producers and producers[index].opcode == "DEQUANTIZE":
+        t = model.tensors[producers[index].inputs[0]]
+    values = t.dequantize()
+    if values is None:
+        raise ValueError(f"{model.path}: {what} ({t.name!r}) is not a constant tensor")
+    return values
+
+
+def import_tflite(path: str | os.PathLike[str]) -> Imported:
+    """Map a MobileNet v1 ``.tflite`` classifier onto our layout (tf preset, folded BN)."""
+    model = read_tflite(path)
+    src = str(path)
+    producers = {o: op for op in model.operators for o in op.outputs}
+    unknown = [op.custom_code or op.opcode for op in model.operators if op.opcode not in _CONVS + _PASSIVE]
+    if unknown:
+        raise ValueError(f"{src}: operator {unknown[0]} is not part of a MobileNet v1 classifier "
+                         f"(a detector or another architecture?)")
+    convs = [op for op in model.operators if op.opcode in _CONVS]
+    n_body = 1 + 2 * len(LAYERS)
+    if len(convs) not in (n_body, n_body + 1):
+        raise ValueError(f"{src}: {len(convs)} conv/fully-connected ops, a MobileNet v1 has {n_body} "
+                         f"(+1 classifier)")
+
+    expected = [("CONV_2D", STEM_STRIDE)] + [k for _, s in LAYERS for k in (("DEPTHWISE_CONV_2D", s), ("CONV_2D", 1))]
+    units: list[ConvUnit] = []
+    for i, (op, (kind, stride)) in enumerate(zip(convs[:n_body], expected)):
+        where = f"op {op.index} ({op.opcode}, unit {i})"
+        if op.opcode != kind:
+            raise ValueError(f"{src}: {where}: expected {kind} here in a MobileNet v1")
+        if op.options.get("stride_h") != stride or op.options.get("stride_w") != stride:
+            raise ValueError(f"{src}: {where}: stride {op.options.get('stride_h')}, MobileNet v1 has {stride}")
+        if op.options.get("fused_activation_function") != "RELU6":
+            raise ValueError(f"{src}: {where}: activation {op.options.get('fused_activation_function')}, "
+                             "expected RELU6 fused into the conv")
+        w = _constant(model, op.inputs[1], producers, f"{where} kernel")
+        bias = _constant(model, op.inputs[2], producers, f"{where} bias") if len(op.inputs) > 2 and op.inputs[2] >= 0 \
+            else None
+        weight = depthwise_1hwc_to_oihw(w) if kind == "DEPTHWISE_CONV_2D" else ohwi_to_oihw(w)
+        units.append(ConvUnit(name=f"{where} {model.tensors[op.inputs[1]].name.split(';')[0]}", weight=weight,
+                              bias=bias))
+
+    cls_w = cls_b = None
+    if len(convs) > n_body:
+        head = convs[-1]
+        if head.opcode == "CONV_2D" and head.options.get("fused_activation_function") not in (None, "NONE"):
+            raise ValueError(f"{src}: the classifier conv has a fused activation, expected none")
+        w = _constant(model, head.inputs[1], producers, "classifier kernel")
+        cls_w = w.reshape(w.shape[0], -1)  # (N, 1, 1, C) or (N, C) -> (N, C)
+        if len(head.inputs) > 2 and head.inputs[2] >= 0:
+            cls_b = _constant(model, head.inputs[2], producers, "classifier bias")
+
+    (inp,) = model.inputs
+    if len(inp.shape) != 4 or inp.shape[1] != inp.shape[2] or inp.shape[3] != 3:
+        raise ValueError(f"{src}: input shape {inp.shape}, expected (1, R, R, 3)")
+    resolution = int(inp.shape[1])
+    if inp.dtype == "uint8" and inp.is_quantized:
+        # the interpreter sees (pixel - zero_point) * scale: use exactly that
+        zp, scale = float(inp.zero_point[0]), float(inp.scale[0])
+        pre = Preprocessing(resolution=resolution, crop_mode="crop_resize", mean=(zp,) * 3, std=(1 / scale,) * 3)
+    else:
+        pre = Preprocessing.tf(resolution)
+    quantized = any(model.tensors[op.inputs[1]].is_quantized for op in convs)
+    return Imported(units=units, classifier_weight=cls_w, classifier_bias=cls_b, preset="tf", format="tflite",
+                    source=Path(src).name, resolution=resolution, preprocessing=pre,
+                    extra={"quantized": quantized, "input_dtype": inp.dtype})
