@@ -227,10 +227,24 @@ class _PoolAndPadSpy(TorchFunctionMode):
         self.pre_pad: dict[int, tuple[int, ...]] = {}  # id(padded tensor) -> shape before padding
         self._keep: list[torch.Tensor] = []  # keep padded tensors alive so their ids stay unique
 
+    # Shape-preserving ops: on meta tensors their only effect is the shape, and some (BatchNorm, ReLU6's
+    # hardtanh) have Python-only meta kernels (seconds to import, ~0.1 s per model), so they are skipped.
+    SHAPE_ONLY: frozenset[Callable[..., Any]] = frozenset(
+        {F.relu, F.relu6, F.hardtanh, torch.relu, torch.relu_, F.batch_norm})
+
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         x = args[0] if args else None
+        if func in self.SHAPE_ONLY and isinstance(x, torch.Tensor) and x.is_meta:
+            inplace = func is torch.relu_ or kwargs.get("inplace", args[-1] if len(args) > 1 else False) is True
+            return x if inplace else torch.empty_like(x)
+        if func in (torch.Tensor.mean, torch.mean) and isinstance(x, torch.Tensor) and x.is_meta:
+            out = self._meta_mean(x, args, kwargs)  # torch's meta mean imports torch._dynamo (~3 s)
+        elif func is F.linear and isinstance(x, torch.Tensor) and x.is_meta:  # so does meta addmm
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            out = x.new_empty((*x.shape[:-1], weight.shape[0]))
+        else:
+            out = func(*args, **kwargs)
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or not isinstance(out, torch.Tensor):
             return out
         if func is F.pad:
@@ -248,6 +262,15 @@ class _PoolAndPadSpy(TorchFunctionMode):
                 stride = _pair(s)[0] if s not in (None, [], ()) else kernel[0]  # torch: stride defaults to kernel
             self.on_pool(kind, x, out, kernel, int(stride))
         return out
+
+    @staticmethod
+    def _meta_mean(x: torch.Tensor, args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor:
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+        dims = set(range(x.ndim)) if dim is None else {
+            d % x.ndim for d in (dim if isinstance(dim, (tuple, list)) else (dim,))}
+        shape = [1 if i in dims else n for i, n in enumerate(x.shape) if keepdim or i not in dims]
+        return x.new_empty(shape, dtype=kwargs.get("dtype") or x.dtype)
 
     @staticmethod
     def _is_spatial(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
