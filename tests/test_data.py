@@ -66,7 +66,8 @@ def write_folder(root: Path, files: dict[str, bytes], empty_dirs: tuple[str, ...
 def write_archive(path: Path, files: dict[str, bytes], top: str = "train") -> Path:
     members = {f"{top}/{rel}" if top else rel: data for rel, data in files.items()}
     if path.suffix == ".zip":
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        method = zipfile.ZIP_DEFLATED if "deflated" in path.name else zipfile.ZIP_STORED
+        with zipfile.ZipFile(path, "w", method) as zf:
             zf.writestr(f"{top}/zebra/", b"")  # an empty class folder, as zip tools record it
             for name, data in members.items():
                 zf.writestr(name, data)
@@ -114,7 +115,7 @@ def test_folder_layout_labels_and_bad_files(tmp_path):
     assert any("skipped 6 file(s)" in m and "truncated JPEG" in m for m in messages)  # one summary warning
 
 
-@pytest.mark.parametrize("name", ["data.zip", "data.tar", "data.tar.gz"])
+@pytest.mark.parametrize("name", ["data.zip", "deflated.zip", "data.tar", "data.tar.gz"])
 def test_archive_gives_the_same_dataset_as_the_folder(tmp_path, name):
     archive = write_archive(tmp_path / name, make_tree_files())
     ds, _ = _open_quiet(archive)

@@ -84,7 +84,10 @@ class ZipReader(_PerProcessHandle):
 
     def head_tail(self, name: str) -> tuple[bytes, bytes]:
         zf = self.handle()
-        size = zf.getinfo(name).file_size
+        info = zf.getinfo(name)
+        size = info.file_size
+        if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+            return self._stored_head_tail(info)
         try:
             with zf.open(name) as f:
                 head = f.read(_HEAD_BYTES)
@@ -92,6 +95,36 @@ class ZipReader(_PerProcessHandle):
                 return head, f.read()
         except (zipfile.BadZipFile, EOFError) as error:
             raise OSError(f"{self.path}:{name}: {error}") from error
+
+
+    def _stored_head_tail(self, info: zipfile.ZipInfo) -> tuple[bytes, bytes]:
+        # Uncompressed member: read its bytes straight from the file (3 small reads) instead of ZipFile.open,
+        # which builds a decompressing stream object per member and made the scan several times slower.
+        raw = self._raw_file()
+        raw.seek(info.header_offset)
+        header = raw.read(30)  # local file header: signature ... name length (26:28), extra length (28:30)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            raise OSError(f"{self.path}:{info.filename}: bad local header")
+        start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + \
+            int.from_bytes(header[28:30], "little")
+        raw.seek(start)
+        head = raw.read(min(info.file_size, _HEAD_BYTES))
+        tail_start = max(0, info.file_size - _TAIL_BYTES)
+        raw.seek(start + tail_start)
+        tail = raw.read(info.file_size - tail_start)
+        if len(tail) != info.file_size - tail_start:
+            raise OSError(f"{self.path}:{info.filename}: archive ends early")
+        return head, tail
+
+    def _raw_file(self) -> BinaryIO:
+        if getattr(self, "_raw", None) is None or self._raw_pid != os.getpid():
+            self._raw, self._raw_pid = open(self.path, "rb"), os.getpid()
+        return self._raw
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_raw"], state["_raw_pid"] = None, -1
+        return state
 
 
 class TarReader(_PerProcessHandle):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .decode import ImageDecodeError, decode_image
+from .decode import ImageDecodeError, decode_image, decode_image_array
 
 # After this many consecutive unreadable files, stop replacing and raise: the data set itself is broken.
 MAX_CONSECUTIVE_FAILURES = 16
@@ -56,6 +56,10 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def load_image(self, index: int) -> Image.Image:
         raise NotImplementedError
+
+    def load_array(self, index: int) -> np.ndarray:
+        """Sample ``index`` as an ``(H, W, 3)`` uint8 array (bulk decoding; may skip the PIL object)."""
+        return np.asarray(self.load_image(index))
 
     def sample_name(self, index: int) -> str:
         """A human-readable name for sample ``index`` (file path inside the source, or ``source[index]``)."""
@@ -104,13 +108,19 @@ class EncodedImageDataset(ImageDataset):
     def sample_name(self, index: int) -> str:
         return self.names[index]
 
-    def load_image(self, index: int) -> Image.Image:
-        name = self.names[index]
+    def _read(self, name: str) -> bytes:
         try:
-            data = self.reader.read(name)
+            return self.reader.read(name)
         except OSError as error:  # vanished or unreadable file: same policy as an undecodable one
             raise ImageDecodeError(f"{name}: cannot read: {error}") from error
-        return decode_image(data, name)
+
+    def load_image(self, index: int) -> Image.Image:
+        name = self.names[index]
+        return decode_image(self._read(name), name)
+
+    def load_array(self, index: int) -> np.ndarray:
+        name = self.names[index]
+        return decode_image_array(self._read(name), name)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.source!r}, images={len(self)}, classes={len(self.class_names)}, "
@@ -171,6 +181,9 @@ class SubsetView(ImageDataset):
 
     def load_image(self, index: int) -> Image.Image:
         return self.base.load_image(self.indices[index])
+
+    def load_array(self, index: int) -> np.ndarray:
+        return self.base.load_array(self.indices[index])
 
     def __repr__(self) -> str:
         return f"SubsetView({self.base!r}, images={len(self)})"

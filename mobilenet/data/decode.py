@@ -1,7 +1,7 @@
 """Robust image decoding: encoded bytes -> RGB PIL image, or an ImageDecodeError naming the file.
 
-JPEGs go through ``simplejpeg`` (libjpeg-turbo, several times faster than Pillow on small images) when it is
-installed, and through Pillow otherwise or when simplejpeg refuses the file (CMYK, progressive oddities): both
+JPEGs go through ``simplejpeg`` (libjpeg-turbo without Pillow's per-image overhead) when it is installed,
+and through Pillow otherwise or when simplejpeg refuses the file: both
 decoders are strict, so a truncated JPEG is an error with either, never a half-grey picture. Everything else
 (PNG, GIF, BMP, WebP, TIFF) goes through Pillow. Every failure mode of a bad file (truncated data, not an image,
 a decompression bomb, an unsupported mode) becomes one ``ImageDecodeError`` so callers catch a single type.
@@ -112,7 +112,7 @@ def decode_image(data: bytes, name: str = "<bytes>", *, min_size: int | None = N
         except ValueError as error:
             if "Premature end" in str(error) or decoder == "simplejpeg":
                 raise ImageDecodeError(f"{name}: {error}") from error
-            # Anything else (e.g. CMYK JPEG, which libjpeg-turbo cannot colour-convert): let Pillow try.
+            # Any other refusal (a JPEG variant or marker simplejpeg does not accept): let Pillow try.
     try:
         return _decode_pillow(data, min_size)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning,
@@ -120,3 +120,15 @@ def decode_image(data: bytes, name: str = "<bytes>", *, min_size: int | None = N
         # OSError covers truncation and UnidentifiedImageError (not an image); SyntaxError is raised by some
         # Pillow plugins on corrupt headers.
         raise ImageDecodeError(f"{name}: {type(error).__name__}: {error}") from error
+
+
+def decode_image_array(data: bytes, name: str = "<bytes>", *, decoder: str = "auto") -> np.ndarray:
+    """Like ``decode_image`` but returns the ``(H, W, 3)`` uint8 array, skipping the PIL object for JPEGs when
+    simplejpeg is installed (the bulk-decoding fast path of ``load_tensor_dataset``)."""
+    if decoder != "pillow" and _simplejpeg is not None and data.startswith(JPEG_MAGIC):
+        try:
+            return _simplejpeg.decode_jpeg(data, colorspace="RGB")
+        except ValueError as error:
+            if "Premature end" in str(error) or decoder == "simplejpeg":
+                raise ImageDecodeError(f"{name}: {error}") from error
+    return np.asarray(decode_image(data, name, decoder="pillow" if decoder == "auto" else decoder))

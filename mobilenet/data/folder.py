@@ -46,7 +46,7 @@ def index_tree(paths: Iterable[str], class_names: Sequence[str] | None = None, *
     files: list[tuple[str, ...]] = []
     dirs: set[tuple[str, ...]] = set()
     for path in paths:
-        parts = tuple(p for p in PurePosixPath(path).parts if p not in ("", "."))
+        parts = tuple(p for p in path.split("/") if p not in ("", "."))
         if not parts or _hidden(parts):
             continue
         if path.endswith("/"):
