@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import tarfile
 import warnings
 import zipfile
@@ -132,6 +133,8 @@ def test_archive_reader_reopens_in_dataloader_workers(tmp_path):
     loader = make_loader(ds, batch_size=4, workers=2)
     labels = torch.cat([y for _, y in loader])
     assert labels.tolist() == ds.targets
+    clone = pickle.loads(pickle.dumps(ds))  # spawn-style workers: the open handle is dropped, then reopened
+    assert clone.reader._handle is None and torch.equal(clone[3][0], ds[3][0])
 
 
 def test_class_names_map_folders_onto_a_given_list(tmp_path):

@@ -52,7 +52,7 @@ def test_decode_modes_and_garbage():
     assert decode_image(_encode(grey, "PNG")).getpixel((1, 1)) == (77, 77, 77)
     deep = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
     assert decode_image(_encode(deep, "PNG")).getpixel((0, 0)) == (255, 255, 255)
-    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # red in CMYK: simplejpeg declines, Pillow decodes
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # red in CMYK: converted, not shown as cyan
     red = decode_image(_encode(cmyk, "JPEG"))
     assert red.mode == "RGB" and np.abs(np.asarray(red, dtype=int)[4, 4] - (255, 0, 0)).max() < 30
     with pytest.raises(ImageDecodeError, match="notes.jpg: UnidentifiedImageError"):
@@ -168,3 +168,17 @@ def test_cutout_normalize_and_iterate_batches():
     assert sorted(got.tolist()) == list(range(10)) and got.tolist() != list(range(10))
     assert all(torch.equal(b[0][:, 0, 0, 0], b[1]) for b in batches)  # images stay paired with their labels
     assert len(list(iterate_batches(images, labels, 4, shuffle=False, drop_last=True))) == 2
+
+
+@pytest.mark.gpu
+def test_batch_augmentation_runs_on_the_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    x = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device="cuda")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    out = random_crop_flip(x, 4, generator=generator)
+    out = cutout(out, 8, generator=generator)
+    normed = normalize_batch(out, Preprocessing(resolution=32), channels_last=True)
+    assert out.device.type == "cuda" and out.dtype == torch.uint8 and normed.shape == (256, 3, 32, 32)
+    batches = list(iterate_batches(x, torch.arange(256, device="cuda"), 100, generator=generator))
+    assert sorted(torch.cat([b[1] for b in batches]).tolist()) == list(range(256))
