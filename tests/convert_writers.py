@@ -116,3 +116,92 @@ def write_tf_checkpoint(prefix: str | Path, tensors: dict[str, np.ndarray]) -> P
     Path(f"{prefix}.index").write_bytes(bytes(out))
     Path(f"{prefix}.data-00000-of-00001").write_bytes(bytes(data))
     return prefix
+
+
+# ---- Caffe ----------------------------------------------------------------------------------------
+def _caffe_blob(arr: np.ndarray) -> bytes:
+    shape = pb_bytes(1, b"".join(varint(d) for d in arr.shape))  # BlobShape.dim, packed
+    return pb_bytes(7, shape) + pb_packed_floats(5, arr.reshape(-1))
+
+
+def _caffe_layer(name: str, kind: str, blobs: list[np.ndarray], extra: bytes = b"") -> bytes:
+    body = pb_bytes(1, name.encode()) + pb_bytes(2, kind.encode())
+    body += b"".join(pb_bytes(7, _caffe_blob(b)) for b in blobs) + extra
+    return pb_bytes(100, body)
+
+
+def caffe_names() -> list[str]:
+    """shicai/MobileNet-Caffe's conv names: conv1, conv2_1/dw, conv2_1/sep, ..., conv6/dw, conv6/sep."""
+    blocks = ["2_1", "2_2", "3_1", "3_2", "4_1", "4_2", "5_1", "5_2", "5_3", "5_4", "5_5", "5_6", "6"]
+    return ["conv1"] + [f"conv{b}/{k}" for b in blocks for k in ("dw", "sep")]
+
+
+def write_caffe(model: MobileNetV1, path: str | Path, *, factor: float = 2.0, eps: float = 1e-5) -> tuple[Path, Path]:
+    """A ``.caffemodel`` (+ deploy ``.prototxt``) in shicai's layout for a paper-preset model."""
+    from mobilenet.model import LAYERS
+
+    strides = [2] + [s for _, st in LAYERS for s in (st, 1)]
+    net, proto = pb_bytes(1, b"MobileNet"), ['name: "MobileNet"', 'input: "data"']
+    for name, (w, bn), stride in zip(caffe_names(), units_of(model), strides):
+        group = w.shape[0] if name.endswith("/dw") else 1
+        conv_param = pb_bytes(106, pb_varint(1, w.shape[0]) + pb_varint(2, 0) + pb_varint(6, stride) +
+                              pb_varint(5, group))
+        net += _caffe_layer(name, "Convolution", [w.numpy()], conv_param)
+        stats = [bn.running_mean.numpy() * factor, bn.running_var.numpy() * factor, np.array([factor], np.float32)]
+        eps_param = pb_bytes(139, varint(3 << 3 | 5) + struct.pack("<f", eps))
+        net += _caffe_layer(f"{name}/bn", "BatchNorm", stats, eps_param)
+        net += _caffe_layer(f"{name}/scale", "Scale", [bn.weight.detach().numpy(), bn.bias.detach().numpy()])
+        net += _caffe_layer(f"relu{name}", "ReLU", [])
+        proto.append(f'layer {{ name: "{name}" type: "Convolution" bottom: "x" top: "x"\n'
+                     f'  convolution_param {{ num_output: {w.shape[0]} stride: {stride} group: {group} }} }}')
+        proto.append(f'layer {{ name: "{name}/bn" type: "BatchNorm" batch_norm_param {{ eps: {eps} }} }}')
+    net += _caffe_layer("pool6", "Pooling", [])
+    if isinstance(model.classifier, torch.nn.Linear):
+        w = model.classifier.weight.detach().numpy()
+        net += _caffe_layer("fc7", "Convolution", [w[:, :, None, None], model.classifier.bias.detach().numpy()])
+        proto.append('layer { name: "fc7" type: "Convolution" # the classifier\n}')
+    path = Path(path)
+    path.write_bytes(net)
+    deploy = path.with_suffix(".prototxt")
+    deploy.write_text("\n".join(proto) + "\n")
+    return path, deploy
+
+
+# ---- timm / Hugging Face state dicts ----------------------------------------------------------
+def timm_state(model: MobileNetV1) -> dict[str, torch.Tensor]:
+    """timm ``mobilenetv1_100`` keys for our model's tensors (stages of 1, 2, 2, 6, 2 blocks)."""
+    out: dict[str, torch.Tensor] = {}
+
+    def bn(prefix: str, m: torch.nn.BatchNorm2d) -> None:
+        out.update({f"{prefix}.weight": m.weight.detach(), f"{prefix}.bias": m.bias.detach(),
+                    f"{prefix}.running_mean": m.running_mean, f"{prefix}.running_var": m.running_var,
+                    f"{prefix}.num_batches_tracked": torch.tensor(0)})
+
+    out["conv_stem.weight"] = model.stem.conv.weight.detach()
+    bn("bn1", model.stem.bn)
+    k = 0
+    for stage, n in enumerate((1, 2, 2, 6, 2)):
+        for i in range(n):
+            b, p = model.blocks[k], f"blocks.{stage}.{i}"
+            out[f"{p}.conv_dw.weight"] = b.dw.conv.weight.detach()
+            bn(f"{p}.bn1", b.dw.bn)
+            out[f"{p}.conv_pw.weight"] = b.pw.conv.weight.detach()
+            bn(f"{p}.bn2", b.pw.bn)
+            k += 1
+    out["classifier.weight"] = model.classifier.weight.detach().reshape(model.num_classes, -1)
+    out["classifier.bias"] = model.classifier.bias.detach()
+    return {k: v.clone().contiguous() for k, v in out.items()}
+
+
+def hf_state(model: MobileNetV1) -> dict[str, torch.Tensor]:
+    """Hugging Face ``MobileNetV1ForImageClassification`` keys for a tf-preset model's tensors."""
+    out: dict[str, torch.Tensor] = {}
+    seqs = [("mobilenet_v1.conv_stem", model.stem)] + [
+        (f"mobilenet_v1.layer.{j}", s) for j, s in enumerate(s for b in model.blocks for s in (b.dw, b.pw))]
+    for p, s in seqs:
+        out[f"{p}.convolution.weight"] = s.conv.weight.detach()
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            out[f"{p}.normalization.{name}"] = getattr(s.bn, name).detach()
+    out["classifier.weight"] = model.classifier.weight.detach().reshape(model.num_classes, -1)
+    out["classifier.bias"] = model.classifier.bias.detach()
+    return {k: v.clone().contiguous() for k, v in out.items()}

@@ -1,0 +1,70 @@
+"""timm and Hugging Face MobileNet v1 state dicts: key mapping checked on synthetic files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from mobilenet.convert import detect_format, import_model
+from mobilenet.model import PRESETS, MobileNetV1
+from tests.convert_writers import hf_state, randomize_bn, timm_state
+
+TIMM_PRESET = {"act": nn.ReLU6, "same_padding": False, "bn_eps": 1e-5, "conv_head": False, "dropout": 0.0}
+
+
+@pytest.fixture
+def timm_preset(monkeypatch):
+    """timm's MobileNet v1 (ReLU6, symmetric padding, eps 1e-5, linear head) until model.py has the preset."""
+    if "timm" not in PRESETS:
+        monkeypatch.setitem(PRESETS, "timm", TIMM_PRESET)
+
+
+def test_timm_safetensors_equals_source(tmp_path, timm_preset):
+    model = randomize_bn(MobileNetV1(width_mult=0.25, num_classes=1000, preset="timm"))
+    path = tmp_path / "mobilenetv1_100.safetensors"
+    save_file(timm_state(model), str(path))
+    assert detect_format(path) == "timm"
+    ours = import_model(path)
+    assert ours.config.preset == "timm" and ours.weights_metadata["extra"]["layout"] == "timm"
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), model(x), rtol=0, atol=1e-5)
+
+
+def test_timm_without_preset_is_refused_clearly(tmp_path, monkeypatch):
+    model = MobileNetV1(width_mult=0.25, num_classes=10)
+    state = timm_state(model)
+    path = tmp_path / "m.pth"
+    torch.save({"state_dict": state}, path)
+    monkeypatch.delitem(PRESETS, "timm", raising=False)
+    with pytest.raises(ValueError, match="no 'timm' preset"):
+        import_model(path)
+
+
+def test_timm_head_conv_variant_is_refused(tmp_path, timm_preset):
+    state = timm_state(MobileNetV1(width_mult=0.25, num_classes=10, preset="timm"))
+    state["conv_head.weight"] = torch.zeros(256, 256, 1, 1)
+    path = tmp_path / "m.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="conv_head"):
+        import_model(path, format="timm")
+
+
+def test_huggingface_layout_equals_source(tmp_path):
+    model = randomize_bn(MobileNetV1(width_mult=0.25, num_classes=1001, preset="tf"))
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(hf_state(model), path)
+    ours = import_model(path)
+    assert ours.config.preset == "tf" and ours.weights_metadata["extra"]["layout"] == "huggingface"
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), model(x), rtol=0, atol=1e-5)
+
+
+def test_foreign_state_dict_names_its_keys(tmp_path):
+    path = tmp_path / "resnet.safetensors"
+    save_file({"fc.weight": torch.zeros(2, 2)}, str(path))
+    with pytest.raises(ValueError, match="neither a timm .* first keys: \\['fc.weight'\\]"):
+        import_model(path)
