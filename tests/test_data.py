@@ -138,8 +138,8 @@ def test_archive_reader_reopens_in_dataloader_workers(tmp_path):
 
 
 def test_class_names_map_folders_onto_a_given_list(tmp_path):
-    root = write_folder(tmp_path / "data", make_tree_files(), empty_dirs=())
-    ds, _ = _open_quiet(root, class_names=["bird", "cat", "horse", "dog"])
+    root = write_folder(tmp_path / "data", make_tree_files(), empty_dirs=("zebra",))
+    ds, _ = _open_quiet(root, class_names=["bird", "cat", "horse", "dog"])  # empty "zebra": reported, no error
     assert ds.class_names == ["bird", "cat", "horse", "dog"]
     assert sorted(set(ds.targets)) == [1, 3]
     with pytest.raises(ValueError, match="not in the given class list of 2: dog"):
@@ -155,6 +155,10 @@ def test_index_tree_strips_only_a_single_common_top_folder():
     assert names == ["x", "y"]  # nothing to strip: classes at the top
     with pytest.raises(ValueError, match="no images found"):
         index_tree(["x/readme.txt"])
+    with pytest.raises(ValueError, match="2 image.s. lie directly in the root"):
+        index_tree(["1.jpg", "2.png"])
+    samples, names, _ = index_tree(["./cat/1.jpg", "./dog/2.jpg"])  # as `tar cf x.tar .` names members
+    assert names == ["cat", "dog"] and samples == [("./cat/1.jpg", 0), ("./dog/2.jpg", 1)]
 
 
 def test_unreadable_file_at_load_time_is_replaced_and_recorded(tmp_path):

@@ -44,6 +44,7 @@ def index_tree(paths: Iterable[str], class_names: Sequence[str] | None = None, *
         ValueError: no image in any class folder, or folders that are not in ``class_names``.
     """
     files: list[tuple[str, ...]] = []
+    original: dict[tuple[str, ...], str] = {}  # parts -> the name to read it by (e.g. "./cat/1.jpg" in a tar)
     dirs: set[tuple[str, ...]] = set()
     for path in paths:
         parts = tuple(p for p in path.split("/") if p not in ("", "."))
@@ -53,6 +54,7 @@ def index_tree(paths: Iterable[str], class_names: Sequence[str] | None = None, *
             dirs.add(parts)
         else:
             files.append(parts)
+            original[parts] = path
             dirs.update(parts[:k] for k in range(1, len(parts)))
     skipped: list[tuple[str, str]] = []
     prefix: tuple[str, ...] = ()  # leading folders stripped, e.g. ("train",)
@@ -69,7 +71,7 @@ def index_tree(paths: Iterable[str], class_names: Sequence[str] | None = None, *
         if len(d) == depth + 1 and d[:depth] == prefix:
             by_class.setdefault(d[depth], [])
     for parts in sorted(files):
-        path = "/".join(parts)
+        path = original[parts]
         if parts[:depth] != prefix or len(parts) < depth + 2:
             skipped.append((path, "not inside a class folder"))
         elif not has_image_extension(parts[-1]):
@@ -81,13 +83,15 @@ def index_tree(paths: Iterable[str], class_names: Sequence[str] | None = None, *
             skipped.append(("/".join(prefix + (name,)) + "/", "empty class folder"))
     found = sorted(by_class)
     if not any(by_class.values()):
+        loose = sum(1 for f in files if len(f) == depth + 1 and has_image_extension(f[-1]))
+        hint = f" ({loose} image(s) lie directly in the root: put them in one folder per class)" if loose else ""
         raise ValueError(f"no images found in {source or 'the tree'}: expected the layout root/<class>/<image> "
-                         f"with extensions .jpg/.png/...; found {len(files)} file(s)")
+                         f"with extensions .jpg/.png/...; found {len(files)} file(s){hint}")
     if class_names is None:
         names = found
     else:
         names = list(class_names)
-        unknown = sorted(set(found) - set(names))
+        unknown = sorted({c for c, members in by_class.items() if members} - set(names))  # empty ones: harmless
         if unknown:
             shown = ", ".join(unknown[:10]) + (f" ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
             raise ValueError(f"{source or 'data'}: class folder(s) not in the given class list of {len(names)}: "
