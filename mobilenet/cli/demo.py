@@ -1,6 +1,7 @@
 """`mobilenet demo`: the main job on bundled data, offline, in minutes on a laptop CPU.
 
-Today: run a forward pass of every named variant in both presets and check the output shapes.
+Today: profile the 16 named variants (the TF-slim grid table, published numbers beside ours), then
+run a forward pass of every named variant in both presets and check the output shapes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ HELP = "run the main job on the bundled default data (what `make demo` runs)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the demo's outputs")
+
+
+def profile_every_variant() -> None:
+    """Print the 16-variant cost table in TF-slim's convention, with slim's published columns."""
+    from ..profile import CONVENTIONS, grid_table, profile_grid
+
+    profiles = profile_grid(**CONVENTIONS["slim"].overrides)
+    print(grid_table(profiles, compare=True).render("table"))
+    print()
 
 
 def forward_every_variant() -> None:
@@ -37,5 +47,6 @@ def forward_every_variant() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    profile_every_variant()
     forward_every_variant()
     return 0
