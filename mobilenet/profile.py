@@ -301,7 +301,9 @@ def profile_model(
     """Profile ``model`` on a (batch, in_chans, H, W) input by running a ``meta`` copy of it once.
 
     ``resolution`` defaults to ``model.config.resolution`` (224 without a config); ``dtype`` only sets
-    the bytes per activation element. The model itself is not modified or run.
+    the bytes per activation element. The model itself is not run, and is left as it was
+    (a model already on the meta device is run directly, its train/eval mode restored afterwards).
+    Raises RuntimeError if a module with parameters does not run exactly once (shared or unused layers).
     """
     cfg = getattr(model, "config", None)
     if resolution is None:
@@ -314,6 +316,7 @@ def profile_model(
 
     # A meta copy: same modules and shapes, no storage, no arithmetic (fast even for 29M-param models).
     meta = model if _on_meta(model) else copy.deepcopy(model).to("meta")
+    modes = {m: m.training for m in meta.modules()}  # restored below when ``model`` itself was on meta
     meta.eval()  # BN uses running statistics and dropout is off, as at inference
     names = {m: n for n, m in meta.named_modules()}
     rows: list[LayerProfile] = []
@@ -388,6 +391,8 @@ def profile_model(
     finally:
         for hd in handles:
             hd.remove()
+        for m, training in modes.items():
+            m.training = training
 
     model_buffers = sum(
         b.numel() for m in meta.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)

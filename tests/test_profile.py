@@ -333,3 +333,26 @@ def test_keras_counts_match_ours():
     frozen = sum(int(math.prod(w.shape)) for w in ref.non_trainable_weights)
     ours = prof.profile_variant("mobilenet_v1_050_160", preset="tf")
     assert (ours.params, ours.buffers) == (trainable, frozen)
+
+
+def test_meta_model_is_profiled_in_place_and_its_mode_restored():
+    with torch.device("meta"):
+        model = MobileNetV1(width_mult=0.25, resolution=128)
+    model.train()
+    p = prof.profile_model(model, batch=2)
+    assert model.training and all(m.training for m in model.modules())
+    assert p.macs == 2 * prof.profile_variant("mobilenet_v1_025_128").macs
+
+
+def test_a_module_that_does_not_run_is_reported():
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.spare = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    with pytest.raises(RuntimeError, match="did not run exactly once"):
+        prof.profile_model(Unused(), resolution=8)
