@@ -616,7 +616,7 @@ def grid_table(profiles: Sequence[ModelProfile], *, compare: bool = False, param
     TF-slim's published columns beside ours and whether ours round to them."""
     from .published import SLIM, SLIM_V1
 
-    cols = ["model", "MACs (M)", f"params (M, {params})", "learnable (M)", "BN stats (M)", "act (MB)"]
+    cols = ["model", "MACs (M)", f"params (M, {params})", "learnable (M)", "BN stats (M)", "act (MiB)"]
     if compare:
         cols += ["slim MACs (M)", "slim params (M)", "match", "top-1", "top-5"]
     rows: list[list[Any]] = []
@@ -659,7 +659,7 @@ def _dedupe_notes(notes: list[str]) -> list[str]:
 
 
 def _rounds_to(value: float, published: float, digits: int) -> bool:
-    """Whether ``value`` rounds (half up, either side of a .5 tie) to ``published`` at ``digits`` decimals."""
+    """Whether ``value`` rounded half up to ``digits`` decimals equals ``published``."""
     scale = 10**digits
     return math.isclose(math.floor(value * scale + 0.5) / scale, published, abs_tol=1e-9)
 
@@ -687,7 +687,6 @@ def paper_tables(*, batch: int = 1) -> list[Table]:
                caption="Table 2 vs ours (1000 classes; parameters = conv/FC weights only)",
                notes=[f"{r.printed_type}: {r.note}" for r in TABLE2 if r.note])
 
-
     rows, notes = [], []
     for pm in PAPER_MODELS:
         p = profile_config(MobileNetConfig(**pm.overrides), batch=batch, name=pm.name)
@@ -698,7 +697,7 @@ def paper_tables(*, batch: int = 1) -> list[Table]:
     t47 = Table(["table", "model", "top-1 %", "paper mult-adds (M)", "ours MACs (M)", "paper params (M)",
                  "ours weights (M)"], rows, caption="Tables 4-7 vs ours (paper convention: "
                + CONVENTIONS["paper"].description + ")", notes=_dedupe_notes(notes),
-                digits={"top-1 %": 1, "paper mult-adds (M)": 0, "paper params (M)": 1, "ours weights (M)": 3})
+               digits={"top-1 %": 1, "paper mult-adds (M)": 0, "paper params (M)": 1, "ours weights (M)": 3})
     return [t1, t2, t47]
 
 
