@@ -219,6 +219,8 @@ class _PoolAndPadSpy(TorchFunctionMode):
     POOLS: dict[Callable[..., Any], tuple[str, bool]] = {
         F.adaptive_avg_pool2d: ("Avg", True), F.avg_pool2d: ("Avg", False),
         F.adaptive_max_pool2d: ("Max", True), F.max_pool2d: ("Max", False),
+        # what nn.MaxPool2d / nn.AdaptiveMaxPool2d call with return_indices=True
+        F.adaptive_max_pool2d_with_indices: ("Max", True), F.max_pool2d_with_indices: ("Max", False),
     }
 
     def __init__(self, on_pool: Callable[..., None]) -> None:
@@ -232,6 +234,8 @@ class _PoolAndPadSpy(TorchFunctionMode):
     SHAPE_ONLY: frozenset[Callable[..., Any]] = frozenset(
         {F.relu, F.relu6, F.hardtanh, torch.relu, torch.relu_, F.batch_norm})
 
+    ADAPTIVE = frozenset({F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.adaptive_max_pool2d_with_indices})
+
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         x = args[0] if args else None
@@ -240,27 +244,34 @@ class _PoolAndPadSpy(TorchFunctionMode):
             return x if inplace else torch.empty_like(x)
         if func in (torch.Tensor.mean, torch.mean) and isinstance(x, torch.Tensor) and x.is_meta:
             out = self._meta_mean(x, args, kwargs)  # torch's meta mean imports torch._dynamo (~3 s)
+        elif func in self.ADAPTIVE and isinstance(x, torch.Tensor) and x.is_meta:
+            size = _pair(kwargs.get("output_size", args[1] if len(args) > 1 else None))  # ...and these (~3 s)
+            out = x.new_empty((*x.shape[:-2], *(n or d for n, d in zip(size, x.shape[-2:], strict=True))))
+            indices = kwargs.get("return_indices", len(args) > 2 and args[2])
+            if func is F.adaptive_max_pool2d_with_indices or (func is F.adaptive_max_pool2d and indices):
+                out = (out, torch.empty_like(out, dtype=torch.long))
         elif func is F.linear and isinstance(x, torch.Tensor) and x.is_meta:  # so does meta addmm
             weight = args[1] if len(args) > 1 else kwargs["weight"]
             out = x.new_empty((*x.shape[:-1], weight.shape[0]))
         else:
             out = func(*args, **kwargs)
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or not isinstance(out, torch.Tensor):
+        y = out[0] if isinstance(out, tuple) else out  # max pooling may also return indices
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or not isinstance(y, torch.Tensor):
             return out
         if func is F.pad:
             self.pre_pad[id(out)] = self.pre_pad.get(id(x), tuple(x.shape))
             self._keep.append(out)
         elif func in (torch.Tensor.mean, torch.mean) and self._is_spatial(args, kwargs):
-            self.on_pool("Avg", x, out, (x.shape[-2], x.shape[-1]), 1)
+            self.on_pool("Avg", x, y, (x.shape[-2], x.shape[-1]), 1)
         elif func in self.POOLS:
             kind, glob = self.POOLS[func]
             if glob:  # adaptive pooling to 1x1 is global pooling; otherwise report the output grid
-                kernel, stride = (x.shape[-2], x.shape[-1]) if tuple(out.shape[-2:]) == (1, 1) else None, 1
+                kernel, stride = (x.shape[-2], x.shape[-1]) if tuple(y.shape[-2:]) == (1, 1) else None, 1
             else:
                 kernel = _pair(kwargs.get("kernel_size", args[1] if len(args) > 1 else 1))
                 s = kwargs.get("stride", args[2] if len(args) > 2 else None)
                 stride = _pair(s)[0] if s not in (None, [], ()) else kernel[0]  # torch: stride defaults to kernel
-            self.on_pool(kind, x, out, kernel, int(stride))
+            self.on_pool(kind, x, y, kernel, int(stride))
         return out
 
     @staticmethod
@@ -281,8 +292,9 @@ class _PoolAndPadSpy(TorchFunctionMode):
         return dims == {2, 3}
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
+def _pair(v: Any) -> tuple[Any, Any]:
+    """2 -> (2, 2); (2, 3) -> (2, 3); (None, 3) stays (adaptive pooling: None keeps the input size)."""
+    return (v, v) if isinstance(v, int) or v is None else (v[0], v[-1])
 
 
 def _element_size(dtype: torch.dtype) -> int:

@@ -112,13 +112,14 @@ def test_generic_modules_pools_groups_and_unknown_parameterised_layers():
             self.conv = nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2)
             self.dw = nn.Conv2d(8, 16, 3, padding=1, groups=8)  # depthwise, channel multiplier 2
             self.act = nn.PReLU()  # parameterised, not costed
-            self.pool = nn.MaxPool2d(2)
+            self.pool = nn.MaxPool2d(2, return_indices=True)
+            self.grid = nn.AdaptiveMaxPool2d((None, 2))
             self.gap = nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(16, 5)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = self.pool(self.act(self.dw(self.conv(x))))
-            return self.fc(self.gap(x).flatten(1))
+            x, _ = self.pool(self.act(self.dw(self.conv(x))))
+            return self.fc(self.gap(self.grid(x)).flatten(1))
 
     p = prof.profile_model(Net(), resolution=(16, 12), in_chans=4)
     rows = {layer.name: layer for layer in p.layers}
@@ -128,7 +129,7 @@ def test_generic_modules_pools_groups_and_unknown_parameterised_layers():
     assert rows["act"].type == "other" and rows["act"].weights == 1
     pools = [layer for layer in p.layers if layer.type == "pool"]
     assert [(q.filter_shape, q.stride, q.output_shape) for q in pools] == [
-        ("Max Pool 2x2", 2, (16, 4, 3)), ("Avg Pool 4x3", 1, (16, 1, 1))]
+        ("Max Pool 2x2", 2, (16, 4, 3)), ("Max Pool", 1, (16, 4, 2)), ("Avg Pool 4x2", 1, (16, 1, 1))]
     assert p.params == sum(x.numel() for x in Net().parameters())
 
 
