@@ -12,7 +12,13 @@ from PIL import Image
 from mobilenet.data import ImageDecodeError, available_decoders, decode_image, eval_transform, train_transform
 from mobilenet.data.batch_augment import cutout, iterate_batches, normalize_batch, random_crop_flip
 from mobilenet.data.decode import sniff
-from mobilenet.data.transforms import ColorJitter, PadRandomCrop, RandomHorizontalFlip, RandomResizedCrop
+from mobilenet.data.transforms import (
+    ColorJitter,
+    PadRandomCrop,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    ToModelInput,
+)
 from mobilenet.preprocessing import Preprocessing
 
 
@@ -119,6 +125,15 @@ def test_train_and_eval_transforms_give_normalised_tensors():
         train_transform("autoaugment", pre)
     with pytest.raises(TypeError, match="Preprocessing"):
         eval_transform({"resolution": 224})
+
+
+@pytest.mark.parametrize("pre", [Preprocessing.imagenet(48), Preprocessing.tf(48), Preprocessing.caffe(48)],
+                         ids=["imagenet", "tf", "caffe_bgr"])
+def test_fast_tensor_conversion_is_bit_identical_to_preprocessing(pre):
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    assert torch.equal(eval_transform(pre)(image), pre(image))
+    assert torch.equal(ToModelInput(pre)(image), pre.normalize(torch.from_numpy(np.array(image)).permute(2, 0, 1)))
+    assert ToModelInput(pre)(image.convert("L")).shape == (3, 50, 70)  # grey input becomes RGB
 
 
 def test_cifar_transform_matches_an_explicit_pad_crop_flip():

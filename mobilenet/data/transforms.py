@@ -9,8 +9,8 @@ Training pipelines (``train_transform``):
 * ``"cifar"``: resize to the resolution if needed, zero-pad ``padding`` px, random crop back, horizontal flip.
 * ``"none"``: the deterministic evaluation transform.
 
-Evaluation (``eval_transform``) is exactly ``Preprocessing.__call__``: deterministic and stored with the
-weights, because top-1 moves by up to 2 points with the resize method.
+Evaluation (``eval_transform``) gives exactly ``Preprocessing.__call__``'s output (bit for bit): deterministic
+and stored with the weights, because top-1 moves by up to 2 points with the resize method.
 
 Randomness comes from torch's global generator, which DataLoader seeds differently in every worker.
 """
@@ -170,36 +170,49 @@ class PadRandomCrop:
 class ToModelInput:
     """RGB PIL image -> ``(3, H, W)`` float32 tensor normalised with ``preprocessing``'s mean/std/channel order.
 
-    Same arithmetic as ``Preprocessing.normalize`` (``(x - mean) / std`` in float32), done in numpy with the
-    constants prepared once: about 5x cheaper per small image than building tensors on every call.
+    Same arithmetic as ``Preprocessing.normalize`` (``(x - mean) / std`` in float32, bit-identical), with the
+    constants prepared once and the channel transpose done on uint8 before the float conversion: ~10x cheaper
+    at 224 px than converting first, which matters when a CPU core feeds a GPU.
     """
 
     def __init__(self, preprocessing: Preprocessing) -> None:
         self.preprocessing = preprocessing
-        self.mean = np.asarray(preprocessing.mean, dtype=np.float32)  # (3,), RGB or BGR like the output
-        self.std = np.asarray(preprocessing.std, dtype=np.float32)
+        self.mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(preprocessing.std, dtype=torch.float32).view(3, 1, 1)
         self.bgr = preprocessing.channel_order == "BGR"
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        arr = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+        pixels = torch.from_numpy(np.array(image if image.mode == "RGB" else image.convert("RGB")))  # (H, W, 3)
+        chw = pixels.permute(2, 0, 1)
         if self.bgr:
-            arr = arr[..., ::-1]
-        arr = (arr - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+            chw = chw.flip(0)
+        return chw.contiguous().float().sub_(self.mean).div_(self.std)
 
     def __repr__(self) -> str:
         p = self.preprocessing
         return f"ToModelInput(mean={p.mean}, std={p.std}, {p.channel_order})"
 
 
-def eval_transform(preprocessing: Preprocessing) -> Preprocessing:
-    """The deterministic evaluation transform: ``preprocessing`` itself (crop/resize as it says, then normalise).
+class EvalTransform:
+    """``preprocessing``'s deterministic crop/resize, then ``ToModelInput``: bit-identical to
+    ``preprocessing(image)`` (a test pins it), with the faster normalisation of ``ToModelInput``."""
 
-    Returned as is so that what evaluates a model is exactly what travels with its weights file.
-    """
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        self.preprocessing = preprocessing
+        self.to_input = ToModelInput(preprocessing)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.to_input(self.preprocessing.crop_and_resize(image))
+
+    def __repr__(self) -> str:
+        return f"EvalTransform({self.preprocessing!r})"
+
+
+def eval_transform(preprocessing: Preprocessing) -> EvalTransform:
+    """The deterministic evaluation transform: exactly what ``preprocessing`` (stored with the weights) says."""
     if not isinstance(preprocessing, Preprocessing):
         raise TypeError(f"eval_transform needs a mobilenet.Preprocessing, got {type(preprocessing).__name__}")
-    return preprocessing
+    return EvalTransform(preprocessing)
 
 
 def train_transform(kind: str, preprocessing: Preprocessing, *, scale: tuple[float, float] = (0.08, 1.0),
