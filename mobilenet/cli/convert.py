@@ -1,0 +1,49 @@
+"""`mobilenet convert`: import published MobileNet v1 weights (Keras, TF Lite, TF-slim, Caffe, timm)."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "convert"
+HELP = "import pretrained weights (Keras .h5/.keras, .tflite, TF-slim .ckpt, .caffemodel, timm/HF state dicts)"
+DESCRIPTION = """Import pretrained MobileNet v1 weights into a mobilenet weights file (.safetensors).
+
+The format, width multiplier, class count and preprocessing are read from the file; the resolution
+comes from the file name or input shape where it says, else --resolution (default 224).
+
+examples:
+  mobilenet convert mobilenet_2_5_224_tf_no_top.h5 --out keras_025_224.safetensors
+  mobilenet convert mobilenet_v1_0.25_128_quant.tflite --out tflite_025_128.safetensors
+  mobilenet convert mobilenet_v1_1.0_224.ckpt.index --drop-background
+  mobilenet convert mobilenet.caffemodel --prototxt mobilenet_deploy.prototxt
+  mobilenet convert mobilenetv1_100.safetensors --format timm
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="source weights (for TF-slim: the .ckpt prefix or its .index file)")
+    p.add_argument("--out", "-o", help="output .safetensors (default: <source name>.safetensors here)")
+    p.add_argument("--format", default="auto", choices=("auto", "keras", "tflite", "slim", "caffe", "timm"))
+    p.add_argument("--width-mult", type=float, help="expected width multiplier (checked against the file)")
+    p.add_argument("--resolution", type=int, help="input resolution when the file does not tell it")
+    p.add_argument("--drop-background", action="store_true",
+                   help="turn a 1001-way TF classifier (background at 0) into the 1000 ImageNet classes")
+    p.add_argument("--prototxt", help="Caffe deploy prototxt, cross-checked against the .caffemodel")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..convert import convert
+    from . import CLIError
+
+    try:
+        out = convert(args.src, args.out, args.format, width_mult=args.width_mult, resolution=args.resolution,
+                      drop_background=args.drop_background, prototxt=args.prototxt)
+    except ImportError as e:  # an optional reader (h5py) is missing: say which, no traceback
+        raise CLIError(str(e)) from None
+    from ..checkpoint import read
+
+    _, meta = read(out)
+    cfg, extra = meta["config"], meta["extra"]
+    print(f"wrote {out}: {extra['format']} {extra['source']} -> width {cfg['width_mult']:g}, "
+          f"{cfg['resolution']} px, {cfg['num_classes']} classes, preset {cfg['preset']}")
+    return 0

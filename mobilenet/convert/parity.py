@@ -1,0 +1,102 @@
+"""Compare an imported model with its source framework on real photos (used by tests and benchmarks).
+
+The reference runtimes are optional: ``ai-edge-litert`` for ``.tflite`` files, ``keras`` for Keras
+files. Photos are named ``<wnid>_<anything>.JPEG`` (the shared ImageNet sample), so the label of
+each photo is its WordNet id; 1001-way TF outputs are mapped to the 1000 classes by dropping index 0.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..preprocessing import Preprocessing
+from .imagenet_classes import imagenet_wnids
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+def labelled_photos(folder: str | os.PathLike[str]) -> list[tuple[Path, int]]:
+    """(path, ImageNet class index) for every ``<wnid>_*.jpg`` photo in ``folder``, sorted by name."""
+    index = {w: i for i, w in enumerate(imagenet_wnids())}
+    out = []
+    for p in sorted(Path(folder).iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            wnid = p.name.split("_", 1)[0]
+            if wnid not in index:
+                raise ValueError(f"{p.name}: file name does not start with an ImageNet WordNet id")
+            out.append((p, index[wnid]))
+    if not out:
+        raise FileNotFoundError(f"no .jpg/.jpeg/.png photos in {folder}")
+    return out
+
+
+def photo_pixels(paths: list[Path], pre: Preprocessing) -> np.ndarray:
+    """(N, R, R, 3) uint8 RGB crops, exactly what both runtimes are fed (geometry from ``pre``)."""
+    return np.stack([np.asarray(pre.crop_and_resize(Image.open(p)), dtype=np.uint8) for p in paths])
+
+
+def torch_logits(model: torch.nn.Module, pixels: np.ndarray, pre: Preprocessing, batch: int = 50) -> np.ndarray:
+    """Our model's outputs for uint8 NHWC pixels, normalised by ``pre``."""
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(pixels), batch):
+            x = pre.normalize(torch.from_numpy(pixels[i:i + batch]).permute(0, 3, 1, 2))
+            outs.append(model(x).float().numpy())
+    return np.concatenate(outs)
+
+
+def tflite_outputs(path: str | os.PathLike[str], pixels: np.ndarray) -> np.ndarray:
+    """The TF Lite interpreter's (dequantized) outputs for uint8 NHWC pixels, one image at a time."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise ImportError("the TF Lite reference needs ai-edge-litert: pip install ai-edge-litert") from None
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    scale, zero = out["quantization"]
+    results = []
+    for px in pixels:
+        x = px[None]
+        if inp["dtype"] != np.uint8:  # float model: feed [-1, 1] like TF's preprocessing
+            x = (x.astype(np.float32) - 127.5) / 127.5
+        it.set_tensor(inp["index"], x.astype(inp["dtype"]))
+        it.invoke()
+        y = it.get_tensor(out["index"])[0]
+        results.append((y.astype(np.float32) - zero) * scale if scale else y.astype(np.float32))
+    return np.stack(results)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    n: int
+    ref_top1: float
+    ref_top5: float
+    ours_top1: float
+    ours_top5: float
+    top1_agreement: float  # fraction of photos where both predict the same class
+
+
+def _topk(scores: np.ndarray, k: int) -> np.ndarray:
+    # stable: ties keep the lower index first, like np.argmax
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def compare(ref: np.ndarray, ours: np.ndarray, labels: list[int]) -> Agreement:
+    """Top-1/top-5 of both against ``labels`` (1000-class indices) and their top-1 agreement."""
+    if ref.shape != ours.shape:
+        raise ValueError(f"reference outputs {ref.shape} and ours {ours.shape} differ in shape")
+    offset = 1 if ref.shape[1] == 1001 else 0  # TF's background class at index 0
+    y = np.asarray(labels) + offset
+    r5, o5 = _topk(ref, 5), _topk(ours, 5)
+    return Agreement(
+        n=len(labels),
+        ref_top1=float(np.mean(r5[:, 0] == y)), ref_top5=float(np.mean((r5 == y[:, None]).any(1))),
+        ours_top1=float(np.mean(o5[:, 0] == y)), ours_top5=float(np.mean((o5 == y[:, None]).any(1))),
+        top1_agreement=float(np.mean(r5[:, 0] == o5[:, 0])))
