@@ -5,7 +5,10 @@ Tells whether a DataLoader keeps up with the GPU: needed workers ~= GPU images/s
     python benchmarks/input_pipeline.py                       # ../shared/data (or $MOBILENET_DATA)
     python benchmarks/input_pipeline.py --json results.json --repeats 5
 
-Cases (one process, one thread: a per-core number; median of ``--repeats`` timed passes after a warm-up pass):
+Cases (one process, one thread): images per CPU-second of this process (``time.process_time``), which is the
+per-core rate and stays meaningful on a machine shared with other jobs; wall-clock rates are reported beside it.
+Every case gets a warm-up pass, then the cases run round-robin ``--repeats`` times (peers see the same load) and
+the median is reported.
 * ImageNet photos (``imagenet/images``, 100 full-size JPEGs): decode only; decode + ImageNet training augmentation
   at 224 (random resized crop, flip, jitter, normalise); decode + evaluation (resize 256, centre crop 224), also
   with reduced-size decoding (``min_size``: DCT-domain downscaling).
@@ -30,22 +33,27 @@ import torch
 
 from mobilenet.data import available_decoders, decode_image, load_tensor_dataset, open_image_dataset
 from mobilenet.data.batch_augment import normalize_batch, random_crop_flip
-from mobilenet.data.transforms import train_transform
+from mobilenet.data.transforms import eval_transform, train_transform
 from mobilenet.preprocessing import Preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("MOBILENET_DATA", REPO.parent / "shared" / "data"))
 
 
-def timed(fn: Callable[[], int], repeats: int) -> tuple[float, list[float]]:
-    """Median images/s of ``fn`` (returns the number of images it processed) after one warm-up call."""
-    fn()
-    rates = []
+def run_round_robin(cases: dict[str, Callable[[], int]], repeats: int) -> dict[str, dict[str, object]]:
+    """Per case: median images per CPU-second and per wall-second over ``repeats`` interleaved passes."""
+    for fn in cases.values():
+        fn()  # warm-up: file cache, decoder tables, lazy imports
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
+    wall: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
-        start = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - start))
-    return statistics.median(rates), rates
+        for name, fn in cases.items():
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
+            n = fn()  # each case returns the number of images it processed
+            cpu[name].append(n / max(time.process_time() - cpu_start, 1e-9))
+            wall[name].append(n / (time.perf_counter() - wall_start))
+    return {name: {"img_per_cpu_s": statistics.median(cpu[name]), "img_per_wall_s": statistics.median(wall[name]),
+                   "cpu_runs": cpu[name]} for name in cases}
 
 
 def imagenet_cases(folder: Path, decoders: list[str]) -> dict[str, Callable[[], int]]:
@@ -53,7 +61,7 @@ def imagenet_cases(folder: Path, decoders: list[str]) -> dict[str, Callable[[], 
     if not files:
         raise FileNotFoundError(f"no JPEGs in {folder}")
     pre = Preprocessing.imagenet(224)
-    augment = train_transform("imagenet", pre)
+    augment, evaluate_transform = train_transform("imagenet", pre), eval_transform(pre)
     cases: dict[str, Callable[[], int]] = {}
     for dec in decoders:
         def decode(dec=dec):
@@ -68,7 +76,7 @@ def imagenet_cases(folder: Path, decoders: list[str]) -> dict[str, Callable[[], 
 
         def evaluate(dec=dec, min_size=None):
             for data in files:
-                pre(decode_image(data, decoder=dec, min_size=min_size))
+                evaluate_transform(decode_image(data, decoder=dec, min_size=min_size))
             return len(files)
 
         cases[f"imagenet/decode/{dec}"] = decode
@@ -112,9 +120,9 @@ def tensor_fast_path(zip_path: Path, repeats: int) -> dict[str, float]:
             normalize_batch(random_crop_flip(batch, 4), pre)
         return len(images)
 
-    rate, _ = timed(augment_all, repeats)
-    return {"images": len(images), "decode_all_s": decode_s, "decode_all_img_per_s": len(images) / decode_s,
-            "batch_aug_img_per_s_1thread": rate}
+    rate = run_round_robin({"batch_aug": augment_all}, repeats)["batch_aug"]["img_per_cpu_s"]
+    return {"images": len(images), "decode_all_wall_s": decode_s, "decode_all_img_per_wall_s": len(images) / decode_s,
+            "batch_aug_img_per_cpu_s_1thread": rate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,28 +145,27 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, object] = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__,
-                    "pillow": __import__("PIL").__version__, "decoders": decoders, "threads_per_case": 1},
+                    "pillow": __import__("PIL").__version__, "decoders": decoders, "threads_per_case": 1,
+                    "load_average_at_start": os.getloadavg()},
         "cases": {},
     }
-    for name, fn in cases.items():
-        rate, rates = timed(fn, args.repeats)
-        results["cases"][name] = {"img_per_s_per_core": rate, "runs": rates}
+    results["cases"] = run_round_robin(cases, args.repeats)
     if cifar_zip.is_file():
         results["cifar_tensor_fast_path"] = tensor_fast_path(cifar_zip, args.repeats)
 
     print(json.dumps(results, indent=2))
     print()
-    print(f"{'case':<44} {'decoder':<11} {'img/s/core':>11} {'vs pillow':>9}")
-    for name, row in results["cases"].items():
+    print(f"{'case':<40} {'decoder':<11} {'img/cpu-s':>10} {'img/wall-s':>11} {'vs pillow':>9}")
+    for name, row in sorted(results["cases"].items()):
         case, dec = name.rsplit("/", 1)
-        base = results["cases"].get(f"{case}/pillow", {}).get("img_per_s_per_core")
-        ratio = f"{row['img_per_s_per_core'] / base:.2f}x" if base else ""
-        print(f"{case:<44} {dec:<11} {row['img_per_s_per_core']:>11.0f} {ratio:>9}")
+        base = results["cases"].get(f"{case}/pillow", {}).get("img_per_cpu_s")
+        ratio = f"{row['img_per_cpu_s'] / base:.2f}x" if base else ""
+        print(f"{case:<40} {dec:<11} {row['img_per_cpu_s']:>10.0f} {row['img_per_wall_s']:>11.0f} {ratio:>9}")
     if "cifar_tensor_fast_path" in results:
         fast = results["cifar_tensor_fast_path"]
-        print(f"CIFAR test.zip decoded once into a tensor: {fast['images']} images in {fast['decode_all_s']:.2f} s "
-              f"({fast['decode_all_img_per_s']:.0f} img/s, {os.cpu_count()} cores); batch crop+flip+normalise on "
-              f"1 CPU thread: {fast['batch_aug_img_per_s_1thread']:.0f} img/s")
+        print(f"CIFAR test.zip decoded once into a tensor: {fast['images']} images in {fast['decode_all_wall_s']:.2f} s"
+              f" wall ({fast['decode_all_img_per_wall_s']:.0f} img/s, {os.cpu_count()} cores); batch "
+              f"crop+flip+normalise on 1 CPU thread: {fast['batch_aug_img_per_cpu_s_1thread']:.0f} img/cpu-s")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
