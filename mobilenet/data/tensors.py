@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .dataset import ArrayImageDataset, ImageDataset, SubsetView
+from .dataset import ArrayImageDataset, ImageDataset, SubsetView, warn_skipped
 from .decode import ImageDecodeError
 from .sources import open_image_dataset
 
@@ -95,6 +95,7 @@ def decode_all(dataset: ImageDataset, *, size: int | None = None, threads: int |
             bar.update(len(chunk))
     if not arrays:
         raise ValueError(f"no readable image in {dataset!r}")
+    warn_skipped(skipped[len(dataset.skipped):], f"decoding {dataset!r}")  # the scan warned about its own
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return DecodedImages(images, torch.as_tensor(labels, dtype=torch.long), dataset.class_names, skipped)
 
