@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import shared_file
 from PIL import Image
 
 from mobilenet.data import ImageDecodeError, available_decoders, decode_image, eval_transform, train_transform
@@ -197,3 +198,16 @@ def test_batch_augmentation_runs_on_the_gpu():
     assert out.device.type == "cuda" and out.dtype == torch.uint8 and normed.shape == (256, 3, 32, 32)
     batches = list(iterate_batches(x, torch.arange(256, device="cuda"), 100, generator=generator))
     assert sorted(torch.cat([b[1] for b in batches]).tolist()) == list(range(256))
+
+
+@pytest.mark.realdata
+def test_real_imagenet_photos_decode_alike_with_every_decoder():
+    folder = shared_file("imagenet", "images")
+    files = sorted(folder.iterdir())[:20]
+    for path in files:
+        data = path.read_bytes()
+        reference = np.asarray(decode_image(data, path.name, decoder="pillow"), dtype=np.float32)
+        assert reference.ndim == 3 and min(reference.shape[:2]) >= 100
+        for decoder in available_decoders():
+            got = np.asarray(decode_image(data, path.name, decoder=decoder), dtype=np.float32)
+            assert got.shape == reference.shape and np.abs(got - reference).mean() < 1.0, (path.name, decoder)
