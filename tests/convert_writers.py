@@ -45,7 +45,7 @@ def slim_variables(model: MobileNetV1) -> dict[str, np.ndarray]:
     """The TF-slim variable dict of a tf-preset model (the inverse of the slim importer's mapping)."""
     out: dict[str, np.ndarray] = {}
     scopes = ["Conv2d_0"] + [f"Conv2d_{i}_{k}" for i in range(1, 14) for k in ("depthwise", "pointwise")]
-    for scope, (w, bn) in zip(scopes, units_of(model)):
+    for scope, (w, bn) in zip(scopes, units_of(model), strict=True):
         dw = scope.endswith("depthwise")
         out[f"MobilenetV1/{scope}/{'depthwise_weights' if dw else 'weights'}"] = to_hwio(w, dw)
         for name, t in (("gamma", bn.weight), ("beta", bn.bias), ("moving_mean", bn.running_mean),
@@ -142,7 +142,7 @@ def write_caffe(model: MobileNetV1, path: str | Path, *, factor: float = 2.0, ep
 
     strides = [2] + [s for _, st in LAYERS for s in (st, 1)]
     net, proto = pb_bytes(1, b"MobileNet"), ['name: "MobileNet"', 'input: "data"']
-    for name, (w, bn), stride in zip(caffe_names(), units_of(model), strides):
+    for name, (w, bn), stride in zip(caffe_names(), units_of(model), strides, strict=True):
         group = w.shape[0] if name.endswith("/dw") else 1
         conv_param = pb_bytes(106, pb_varint(1, w.shape[0]) + pb_varint(2, 0) + pb_varint(6, stride) +
                               pb_varint(5, group))

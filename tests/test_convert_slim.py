@@ -47,7 +47,9 @@ def test_slim_import_equals_source(slim_ckpt, tmp_path):
 def test_slim_drop_background(slim_ckpt):
     model, prefix = slim_ckpt
     ours = import_model(prefix, drop_background=True)
-    assert ours.num_classes == 1000 and ours.weights_metadata["class_names"][0].startswith("tench")
+    meta = ours.weights_metadata
+    assert ours.num_classes == 1000 and meta["class_names"][0] == "n01440764"
+    assert meta["extra"]["class_labels"][0].startswith("tench")
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), model(x)[:, 1:], rtol=0, atol=1e-5)

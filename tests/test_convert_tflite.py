@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -40,7 +39,7 @@ def test_folded_units_reproduce_conv_plus_bias():
                    classifier_bias=None, preset="tf", format="test", source="synthetic")
     cfg, state, _ = assemble(imp, resolution=96)
     ours = build_model(cfg, state, "synthetic")
-    for s, b in zip(seqs, biases):  # the reference: conv + bias -> ReLU6, no BN at all
+    for s, b in zip(seqs, biases, strict=True):  # the reference: conv + bias -> ReLU6, no BN at all
         s.bn = torch.nn.Identity()
         conv = s.conv
         s.conv = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
@@ -61,7 +60,8 @@ def test_real_quantized_file_imports_with_its_metadata(tmp_path):
     # the file's input quantization (scale 1/128, zero point 128) is the preprocessing
     pre = Preprocessing.from_dict(meta["preprocessing"])
     assert pre.mean == (128.0,) * 3 and pre.std == (128.0,) * 3 and pre.crop_mode == "crop_resize"
-    assert meta["class_names"][0] == "background" and meta["class_names"][1].startswith("tench")
+    assert meta["class_names"][:2] == ["background", "n01440764"]
+    assert meta["extra"]["class_labels"][1].startswith("tench")
 
 
 @pytest.mark.slow

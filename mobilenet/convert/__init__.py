@@ -43,7 +43,8 @@ def detect_format(src: str | os.PathLike[str]) -> str:
         return "caffe"
     if name.endswith((".safetensors", ".pth", ".pt", ".bin")):
         return "timm"
-    raise ValueError(f"cannot tell the format of {path} (head bytes {head!r}); pass --format (format=) one of {', '.join(FORMATS)}")
+    raise ValueError(f"cannot tell the format of {path} (head bytes {head!r}); "
+                     f"pass --format (format=) one of {', '.join(FORMATS)}")
 
 
 def _import(src: str | os.PathLike[str], fmt: str, *, resolution: int | None, prototxt: str | None) -> Any:
@@ -85,7 +86,7 @@ def import_model(
     ``width_mult`` is checked against the file (a mismatch is an error); ``resolution`` overrides what
     the file name/input shape says; ``drop_background`` turns a 1001-way TF classifier into 1000 classes.
     """
-    from .imported import assemble, build_model
+    from .imported import assemble, build_model, default_class_labels
 
     fmt = detect_format(src) if format == "auto" else format
     if fmt not in FORMATS:
@@ -102,6 +103,9 @@ def import_model(
         "class_names": names, "preprocessing": pre.to_dict() if pre is not None else None,
         "extra": {"source": imp.source, "format": fmt, "drop_background": drop_background, **imp.extra},
     }
+    labels = default_class_labels(cfg.num_classes) if names is not None and imp.class_names is None else None
+    if labels is not None:  # human-readable names beside the WordNet ids in class_names
+        model.weights_metadata["extra"]["class_labels"] = labels  # type: ignore[attr-defined]
     return model
 
 
@@ -137,7 +141,8 @@ def convert(
     out_path = Path(out) if out is not None else default_output(src)
     if out_path.resolve() == Path(src).resolve():
         raise ValueError(f"refusing to overwrite the source {src}; choose another --out")
-    return save(model, out_path, class_names=meta["class_names"], preprocessing=Preprocessing.from_dict(meta["preprocessing"]) if meta["preprocessing"] else None,
+    pre = Preprocessing.from_dict(meta["preprocessing"]) if meta["preprocessing"] else None
+    return save(model, out_path, class_names=meta["class_names"], preprocessing=pre,
                 extra=meta["extra"])
 
 

@@ -158,7 +158,7 @@ def import_caffe(path: str | os.PathLike[str], *, prototxt: str | os.PathLike[st
         proto_convs = [p["name"] for p in proto if p.get("type") in _CONV_TYPES]
         model_convs = [layer.name for layer in layers if layer.type in _CONV_TYPES]
         if proto_convs != model_convs:
-            k = next((i for i, (a, b) in enumerate(zip(proto_convs, model_convs)) if a != b),
+            k = next((i for i, (a, b) in enumerate(zip(proto_convs, model_convs, strict=False)) if a != b),
                      min(len(proto_convs), len(model_convs)))
             raise ValueError(f"{prototxt} and {src} disagree at convolution #{k}: "
                              f"{proto_convs[k] if k < len(proto_convs) else None!r} vs "
@@ -181,7 +181,7 @@ def import_caffe(path: str | os.PathLike[str], *, prototxt: str | os.PathLike[st
         raise ValueError(f"{src}: {len(convs)} convolutions, a MobileNet v1 has {n_body} (+1 classifier)")
     strides = [STEM_STRIDE] + [s for _, st in LAYERS for s in (st, 1)]
     units = []
-    for (conv, bn, scale), stride in zip(convs[:n_body], strides):
+    for (conv, bn, scale), stride in zip(convs[:n_body], strides, strict=True):
         if conv.has_conv_param and conv.stride != stride:
             raise ValueError(f"{src}: {conv.name} has stride {conv.stride}, MobileNet v1 has {stride} there")
         if bn is None:

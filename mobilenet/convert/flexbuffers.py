@@ -90,7 +90,7 @@ def _value(buf: bytes, pos: int, parent_width: int, packed: int) -> Any:
         values = _untyped_vector(buf, target, child_width)
         if len(keys) != len(values):
             raise FlexBufferError(f"map at offset {target} has {len(keys)} keys but {len(values)} values")
-        return dict(zip(keys, values))
+        return dict(zip(keys, values, strict=True))
     if vtype in (_VECTOR_INT, _VECTOR_UINT, _VECTOR_FLOAT, _VECTOR_KEY, _VECTOR_STRING_DEPRECATED, _VECTOR_BOOL):
         elem = {_VECTOR_INT: _INT, _VECTOR_UINT: _UINT, _VECTOR_FLOAT: _FLOAT, _VECTOR_KEY: _KEY,
                 _VECTOR_STRING_DEPRECATED: _STRING, _VECTOR_BOOL: _BOOL}[vtype]

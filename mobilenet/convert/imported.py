@@ -17,7 +17,7 @@ import torch
 from ..checkpoint import load_state_strict
 from ..model import LAYERS, STEM_CHANNELS, MobileNetConfig, MobileNetV1, block_specs
 from ..preprocessing import Preprocessing
-from .imagenet_classes import imagenet_class_names
+from .imagenet_classes import imagenet_class_names, imagenet_wnids
 
 NUM_UNITS = 1 + 2 * len(LAYERS)  # stem + (dw, pw) per block
 
@@ -80,11 +80,20 @@ class Imported:
 
 
 def default_class_names(num_classes: int) -> list[str] | None:
-    """ImageNet names for 1000- or 1001-way (background first) classifiers, else None."""
-    if num_classes == 1000:
-        return imagenet_class_names()
-    if num_classes == 1001:
-        return imagenet_class_names(background=True)
+    """ImageNet WordNet ids for 1000- or 1001-way (``background`` first) classifiers, else None.
+
+    WordNet ids, not lemmas, because they are unique (two classes are called "crane") and they are the
+    folder names of ImageNet's train/val layout, so ``mobilenet eval`` matches classes by name.
+    """
+    if num_classes in (1000, 1001):
+        return imagenet_wnids(background=num_classes == 1001)
+    return None
+
+
+def default_class_labels(num_classes: int) -> list[str] | None:
+    """Human-readable ImageNet names ("tench, Tinca tinca") aligned with :func:`default_class_names`."""
+    if num_classes in (1000, 1001):
+        return imagenet_class_names(background=num_classes == 1001)
     return None
 
 
@@ -106,7 +115,7 @@ def infer_width_mult(units: list[ConvUnit], source: str) -> float:
     # name the first conv whose width disagrees with the width the last layer implies
     cfg = MobileNetConfig(width_mult=outs[-1] / LAYERS[-1][0])
     expected = _unit_channels(cfg.width_mult)
-    i = next(k for k, (a, b) in enumerate(zip(outs, expected)) if a != b)
+    i = next(k for k, (a, b) in enumerate(zip(outs, expected, strict=True)) if a != b)
     raise ValueError(f"{source}: {units[i].name} has {outs[i]} output channels, width {cfg.width_mult:g} "
                      f"(from the last layer) expects {expected[i]}: not a MobileNet v1 channel plan")
 
@@ -154,7 +163,7 @@ def assemble(imp: Imported, *, width_mult: float | None = None, resolution: int 
     eps = 1e-3 if imp.preset == "tf" else 1e-5
     state: dict[str, np.ndarray] = {}
     prefixes = ["stem"] + [f"blocks.{i}.{part}" for i in range(len(LAYERS)) for part in ("dw", "pw")]
-    for prefix, unit in zip(prefixes, imp.units):
+    for prefix, unit in zip(prefixes, imp.units, strict=True):
         state.update(_unit_state(prefix, unit, eps))
     if w is not None:
         w2 = np.asarray(w, np.float32).reshape(w.shape[0], -1)

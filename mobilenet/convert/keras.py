@@ -50,7 +50,8 @@ def name_hints(path: str | os.PathLike[str]) -> tuple[float | None, int | None]:
 def _keras2_units(root: Any, src: str) -> tuple[list[ConvUnit], np.ndarray | None, np.ndarray | None]:
     def weights(layer: str) -> list[np.ndarray]:
         if layer not in root:
-            raise ValueError(f"{src}: missing layer {layer!r} (a Keras MobileNet v1 has conv1, conv_dw_1 .. conv_pw_13)")
+            raise ValueError(f"{src}: missing layer {layer!r} "
+                             "(a Keras MobileNet v1 has conv1, conv_dw_1 .. conv_pw_13)")
         g = root[layer]
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
         return [np.asarray(g[n]) for n in names]

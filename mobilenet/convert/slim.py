@@ -2,7 +2,8 @@
 
 Variable names (``MobilenetV1/`` scope), in execution order::
 
-    Conv2d_0/weights                          (3, 3, 3, C)      + Conv2d_0/BatchNorm/{gamma,beta,moving_mean,moving_variance}
+    Conv2d_0/weights                          (3, 3, 3, C)      + Conv2d_0/BatchNorm/{gamma,beta,
+                                                                  moving_mean,moving_variance}
     Conv2d_{i}_depthwise/depthwise_weights    (3, 3, C, 1)      + .../BatchNorm/...      i = 1 .. 13
     Conv2d_{i}_pointwise/weights              (1, 1, Cin, Cout) + .../BatchNorm/...
     Logits/Conv2d_1c_1x1/{weights (1, 1, C, 1001), biases}

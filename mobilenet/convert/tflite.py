@@ -53,7 +53,7 @@ def import_tflite(path: str | os.PathLike[str]) -> Imported:
 
     expected = [("CONV_2D", STEM_STRIDE)] + [k for _, s in LAYERS for k in (("DEPTHWISE_CONV_2D", s), ("CONV_2D", 1))]
     units: list[ConvUnit] = []
-    for i, (op, (kind, stride)) in enumerate(zip(convs[:n_body], expected)):
+    for i, (op, (kind, stride)) in enumerate(zip(convs[:n_body], expected, strict=True)):
         where = f"op {op.index} ({op.opcode}, unit {i})"
         if op.opcode != kind:
             raise ValueError(f"{src}: {where}: expected {kind} here in a MobileNet v1")

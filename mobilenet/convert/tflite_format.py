@@ -207,7 +207,8 @@ class TFLiteTensor:
         expected = int(np.prod(self.shape)) if self.shape else 1
         if arr.size != expected:
             raise TFLiteFormatError(
-                f"tensor {self.name!r}: buffer holds {arr.size} {self.dtype} values, shape {self.shape} needs {expected}")
+                f"tensor {self.name!r}: buffer holds {arr.size} {self.dtype} values, "
+                f"shape {self.shape} needs {expected}")
         return arr.reshape(self.shape).copy()
 
     def dequantize(self) -> np.ndarray | None:

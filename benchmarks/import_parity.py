@@ -1,0 +1,146 @@
+"""Imported weights vs their source runtime on the shared ImageNet photos (100 photos, one per class).
+
+For every real file under ../shared/data/weights (or $MOBILENET_DATA/weights):
+* TF Lite classifiers: the TF Lite interpreter (ai-edge-litert) vs our float model running the
+  dequantized weights; top-1/top-5 of both against the photo's WordNet id, top-1 agreement. As a
+  diagnostic, also ours with each ReLU6 output rounded to the file's uint8 activation grid (what the
+  interpreter computes in), which isolates activation quantization as the source of disagreement.
+* Keras no-top files: Keras' own MobileNet (torch backend) vs ours, max |difference| of the features.
+
+Prints a markdown table (for the README) and JSON. Usage:
+    python benchmarks/import_parity.py [--data ../shared/data] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mobilenet.convert import import_model  # noqa: E402
+from mobilenet.convert.parity import compare, labelled_photos, photo_pixels, tflite_outputs, torch_logits  # noqa: E402
+from mobilenet.convert.tflite_format import read_tflite  # noqa: E402
+from mobilenet.preprocessing import Preprocessing  # noqa: E402
+
+
+def simulate_uint8_activations(model: torch.nn.Module, tflite_path: Path) -> list:
+    """Round each conv-BN-ReLU6 output to the .tflite file's recorded uint8 grid (forward hooks)."""
+    tm = read_tflite(tflite_path)
+    convs = [op for op in tm.operators if op.opcode in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    acts = [model.stem.act] + [s.act for b in model.blocks for s in (b.dw, b.pw)]
+    handles = []
+    for act, op in zip(acts, convs, strict=False):
+        t = tm.tensors[op.outputs[0]]
+        scale, zp = float(t.scale[0]), float(t.zero_point[0])
+
+        def hook(_m, _i, out, scale=scale, zp=zp):
+            return (torch.clamp(torch.round(out / scale) + zp, 0, 255) - zp) * scale
+
+        handles.append(act.register_forward_hook(hook))
+    return handles
+
+
+def tflite_rows(path: Path, photos: list) -> dict:
+    model = import_model(path)
+    pre = Preprocessing.from_dict(model.weights_metadata["preprocessing"])
+    pixels = photo_pixels([p for p, _ in photos], pre)
+    labels = [y for _, y in photos]
+    t0 = time.perf_counter()
+    ref = tflite_outputs(path, pixels)
+    t_ref = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ours = torch_logits(model, pixels, pre)
+    t_ours = time.perf_counter() - t0
+    plain = compare(ref, ours, labels)
+    handles = simulate_uint8_activations(model, path)
+    sim = compare(ref, torch_logits(model, pixels, pre), labels)
+    for h in handles:
+        h.remove()
+    return {"file": path.name, "format": "tflite", "photos": plain.n,
+            "reference": "TF Lite interpreter (ai-edge-litert)",
+            "ref_top1": plain.ref_top1, "ref_top5": plain.ref_top5,
+            "ours_top1": plain.ours_top1, "ours_top5": plain.ours_top5, "top1_agreement": plain.top1_agreement,
+            "ours_uint8_act_top1": sim.ours_top1, "ours_uint8_act_agreement": sim.top1_agreement,
+            "ref_seconds": round(t_ref, 3), "ours_seconds": round(t_ours, 3)}
+
+
+def keras_rows(path: Path, photos: list) -> dict:
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+    from PIL import Image
+
+    model = import_model(path)
+    cfg = model.config
+    pre = Preprocessing.from_dict(model.weights_metadata["preprocessing"])
+    km = keras.applications.MobileNet(input_shape=(cfg.resolution, cfg.resolution, 3), alpha=cfg.width_mult,
+                                      weights=None, include_top=cfg.num_classes > 0,
+                                      classes=max(cfg.num_classes, 1), classifier_activation=None)
+    km.load_weights(str(path))
+    x = torch.stack([pre(Image.open(p)) for p, _ in photos])
+    ref = keras.ops.convert_to_numpy(km(x.permute(0, 2, 3, 1).numpy()))
+    with torch.no_grad():
+        ours = (model(x) if cfg.num_classes else model.forward_features(x).permute(0, 2, 3, 1)).numpy()
+    diff = np.abs(ref - ours)
+    # what a classifier on top sees: globally pooled features (B, C)
+    pooled = np.abs(ref.mean((1, 2)) - ours.mean((1, 2))).max() if not cfg.num_classes else float(diff.max())
+    return {"file": path.name, "format": "keras", "photos": len(photos),
+            "reference": f"keras {keras.__version__} ({keras.backend.backend()} backend)",
+            "output": "logits" if cfg.num_classes else "features (no top)",
+            "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "p99_abs_diff": float(np.quantile(diff, 0.99)), "pooled_max_abs_diff": float(pooled),
+            "output_abs_max": float(np.abs(ref).max())}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| file | reference | photos | ref top-1 | ours top-1 | ref top-5 | ours top-5 | top-1 agreement "
+             "| max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
+    pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+    for r in rows:
+        if r["format"] == "tflite":
+            lines.append(f"| {r['file']} | {r['reference']} | {r['photos']} | {pct(r['ref_top1'])} | "
+                         f"{pct(r['ours_top1'])} | {pct(r['ref_top5'])} | {pct(r['ours_top5'])} | "
+                         f"{pct(r['top1_agreement'])} (uint8-activation sim: {pct(r['ours_uint8_act_agreement'])}) "
+                         f"| - |")
+        else:
+            lines.append(f"| {r['file']} | {r['reference']} | {r['photos']} | - | - | - | - | - | "
+                         f"{r['max_abs_diff']:.1e} on {r['output']} (max {r['output_abs_max']:.1f}); "
+                         f"mean {r['mean_abs_diff']:.1e}; pooled {r['pooled_max_abs_diff']:.1e} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=os.environ.get("MOBILENET_DATA", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--json", help="also write the JSON here")
+    args = ap.parse_args()
+    data = Path(args.data)
+    photos = labelled_photos(data / "imagenet" / "images")
+    rows = []
+    for path in sorted((data / "weights" / "tflite").glob("*.tflite")):
+        if path.name == "detect.tflite":
+            continue  # the SSD detector is imported by mobilenet.detection
+        rows.append(tflite_rows(path, photos))
+    for path in sorted((data / "weights" / "keras").glob("*.h5")):
+        rows.append(keras_rows(path, photos))
+    env = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "cpu": platform.processor() or platform.machine()}
+    print(markdown(rows))
+    result = {"env": env, "rows": rows}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
