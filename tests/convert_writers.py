@@ -205,3 +205,159 @@ def hf_state(model: MobileNetV1) -> dict[str, torch.Tensor]:
     out["classifier.weight"] = model.classifier.weight.detach().reshape(model.num_classes, -1)
     out["classifier.bias"] = model.classifier.bias.detach()
     return {k: v.clone().contiguous() for k, v in out.items()}
+
+
+# ---- TF Lite flatbuffers ------------------------------------------------------------------------
+class FlatBufferWriter:
+    """A minimal forward-only FlatBuffers writer: a table is a list of fields (None = absent), each
+    ``(kind, value)`` with kind in i8/u8/bool/i32/u32/f32/i64 (scalars), str, table, tables, and vectors
+    ``[i32]``/``[f32]``/``[i64]``/``[u8]``. Children are written after their parent (uoffsets point forward)."""
+
+    SCALARS = {"i8": ("<b", 4), "u8": ("<B", 4), "bool": ("<?", 4), "i32": ("<i", 4), "u32": ("<I", 4),
+               "f32": ("<f", 4), "i64": ("<q", 8), "u64": ("<Q", 8)}
+    VECTORS = {"[i32]": "<i", "[f32]": "<f", "[i64]": "<q", "[u8]": "<B"}
+
+    def __init__(self, identifier: bytes) -> None:
+        self.buf = bytearray(b"\0\0\0\0" + identifier)
+
+    def _align(self, n: int) -> None:
+        self.buf += b"\0" * (-len(self.buf) % n)
+
+    def finish(self, root: list) -> bytes:
+        pos = self._table(root)
+        struct.pack_into("<I", self.buf, 0, pos)
+        return bytes(self.buf)
+
+    def _table(self, fields: list) -> int:
+        slots, size = [], 4  # the soffset to the vtable comes first
+        for f in fields:
+            if f is None:
+                slots.append(0)
+                continue
+            width = self.SCALARS[f[0]][1] if f[0] in self.SCALARS else 4
+            size += -size % width
+            slots.append(size)
+            size += width
+        self._align(2)
+        vt = len(self.buf)
+        self.buf += struct.pack(f"<HH{len(slots)}H", 4 + 2 * len(slots), size, *slots)
+        self._align(8)
+        table = len(self.buf)
+        self.buf += b"\0" * size
+        struct.pack_into("<i", self.buf, table, table - vt)
+        for f, off in zip(fields, slots, strict=True):
+            if f is None:
+                continue
+            kind, value = f
+            pos = table + off
+            if kind in self.SCALARS:
+                struct.pack_into(self.SCALARS[kind][0], self.buf, pos, value)
+            else:
+                struct.pack_into("<I", self.buf, pos, self._child(kind, value) - pos)
+        return table
+
+    def _child(self, kind: str, value) -> int:
+        if kind == "table":
+            return self._table(value)
+        self._align(8)
+        start = len(self.buf)
+        if kind == "str":
+            data = value.encode()
+            self.buf += struct.pack("<I", len(data)) + data + b"\0"
+        elif kind in self.VECTORS:
+            fmt = self.VECTORS[kind]
+            data = bytes(value) if kind == "[u8]" else struct.pack(f"<{len(value)}{fmt[-1]}", *value)
+            self.buf += struct.pack("<I", len(value)) + data
+        elif kind == "tables":
+            self.buf += struct.pack("<I", len(value)) + b"\0" * (4 * len(value))
+            for i, t in enumerate(value):
+                slot = start + 4 + 4 * i
+                struct.pack_into("<I", self.buf, slot, self._table(t) - slot)
+        else:
+            raise ValueError(kind)
+        return start
+
+
+def fold_bn(seq: torch.nn.Sequential) -> tuple[np.ndarray, np.ndarray]:
+    """(OIHW kernel, bias) of conv -> BN folded as TF Lite does."""
+    bn = seq.bn
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    w = seq.conv.weight.detach() * scale.view(-1, 1, 1, 1)
+    return w.numpy().copy(), (bn.bias.detach() - bn.running_mean * scale).numpy().copy()
+
+
+def write_tflite(model: MobileNetV1, path: str | Path, *, quantize_stem: bool = False) -> Path:
+    """A float TF Lite classifier of a tf-preset model, BN folded and ReLU6 fused as the converter does.
+
+    ``quantize_stem``: store the stem kernel as uint8 with per-output-channel scales and zero points.
+    """
+    res = model.config.resolution
+    tensors: list[list] = []
+    buffers: list[list] = [[None]]  # buffer 0 is the empty sentinel
+
+    def tensor(name, shape, data=None, quant=None, dtype=0):
+        buf = 0
+        if data is not None:
+            buffers.append([("[u8]", np.ascontiguousarray(data).tobytes())])
+            buf = len(buffers) - 1
+        tensors.append([("[i32]", list(shape)), ("i8", dtype), ("u32", buf), ("str", name),
+                        ("table", quant) if quant else None])
+        return len(tensors) - 1
+
+    codes = ["CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "RESHAPE", "SOFTMAX"]
+    builtin = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 4, "AVERAGE_POOL_2D": 1, "RESHAPE": 22, "SOFTMAX": 25}
+    ops = []
+
+    def op(kind, inputs, outputs, opt_type=0, options=None):
+        ops.append([("u32", codes.index(kind)), ("[i32]", inputs), ("[i32]", outputs),
+                    ("u8", opt_type) if opt_type else None, ("table", options) if options else None])
+
+    x = tensor("input", (1, res, res, 3))
+    size = res
+    seqs = [model.stem] + [s for b in model.blocks for s in (b.dw, b.pw)]
+    for i, seq in enumerate(seqs):
+        w, b = fold_bn(seq)
+        stride = seq.conv.stride[0]
+        size = -(-size // stride)
+        dw = seq.conv.groups > 1
+        if dw:
+            wt = tensor(f"u{i}/depthwise", (1, 3, 3, w.shape[0]), w[:, 0].transpose(1, 2, 0)[None].astype("<f4"))
+        elif i == 0 and quantize_stem:
+            lo, hi = w.reshape(w.shape[0], -1).min(1), w.reshape(w.shape[0], -1).max(1)
+            scale = ((hi - lo) / 255).astype(np.float32)
+            zp = np.round(-lo / scale).astype(np.int64)
+            q = np.clip(np.round(w.transpose(0, 2, 3, 1) / scale.reshape(-1, 1, 1, 1)) + zp.reshape(-1, 1, 1, 1), 0, 255)
+            quant = [None, None, ("[f32]", scale.tolist()), ("[i64]", zp.tolist()), None, None, ("i32", 0)]
+            wt = tensor("u0/weights_quant", (w.shape[0], 3, 3, 3), q.astype(np.uint8), quant, dtype=3)
+        else:
+            wt = tensor(f"u{i}/weights", w.transpose(0, 2, 3, 1).shape, w.transpose(0, 2, 3, 1).astype("<f4"))
+        bt = tensor(f"u{i}/bias", b.shape, b.astype("<f4"))
+        y = tensor(f"u{i}/Relu6", (1, size, size, w.shape[0]))
+        if dw:
+            op("DEPTHWISE_CONV_2D", [x, wt, bt], [y], 2,
+               [("i8", 0), ("i32", stride), ("i32", stride), ("i32", 1), ("i8", 3)])
+        else:
+            op("CONV_2D", [x, wt, bt], [y], 1, [("i8", 0), ("i32", stride), ("i32", stride), ("i8", 3)])
+        x = y
+    c = seqs[-1].conv.out_channels
+    pooled = tensor("AvgPool", (1, 1, 1, c))
+    op("AVERAGE_POOL_2D", [x], [pooled], 5, [("i8", 1), ("i32", 2), ("i32", 2), ("i32", size), ("i32", size),
+                                             ("i8", 0)])
+    n = model.num_classes
+    cw = model.classifier.weight.detach().numpy().reshape(n, c)
+    lw = tensor("Logits/weights", (n, 1, 1, c), cw.reshape(n, 1, 1, c).astype("<f4"))
+    lb = tensor("Logits/biases", (n,), model.classifier.bias.detach().numpy().astype("<f4"))
+    logits4 = tensor("Logits/BiasAdd", (1, 1, 1, n))
+    op("CONV_2D", [pooled, lw, lb], [logits4], 1, [("i8", 0), ("i32", 1), ("i32", 1), ("i8", 0)])
+    shape = tensor("Logits/shape", (2,), np.array([1, n], "<i4"), dtype=2)
+    logits = tensor("Logits/SpatialSqueeze", (1, n))
+    op("RESHAPE", [logits4, shape], [logits], 17, [("[i32]", [1, n])])
+    probs = tensor("Predictions", (1, n))
+    op("SOFTMAX", [logits], [probs], 9, [("f32", 1.0)])
+    subgraph = [("tables", tensors), ("[i32]", [0]), ("[i32]", [probs]), ("tables", ops), ("str", "main")]
+    opcodes = [[("i8", min(builtin[k], 127)), None, ("i32", 1), ("i32", builtin[k])] for k in codes]
+    root = [("u32", 3), ("tables", opcodes), ("tables", [subgraph]), ("str", "written by tests"),
+            ("tables", buffers)]
+    path = Path(path)
+    path.write_bytes(FlatBufferWriter(b"TFL3").finish(root))
+    return path

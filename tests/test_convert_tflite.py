@@ -9,9 +9,11 @@ from mobilenet.checkpoint import load
 from mobilenet.convert import convert, import_model
 from mobilenet.convert.imported import ConvUnit, Imported, assemble, build_model
 from mobilenet.convert.parity import compare, labelled_photos, photo_pixels, tflite_outputs, torch_logits
+from mobilenet.convert.tflite_format import read_tflite
 from mobilenet.model import LAYERS, MobileNetV1
 from mobilenet.preprocessing import Preprocessing
 from tests.conftest import shared_file
+from tests.convert_writers import fold_bn, randomize_bn, write_tflite
 
 QUANT = ("weights", "tflite", "mobilenet_v1_0.25_128_quant.tflite")
 
@@ -77,3 +79,37 @@ def test_quantized_parity_with_the_interpreter_on_real_photos():
     # see benchmarks/import_parity.py). The issue asks >= 95%: we assert what we reach, not more.
     assert result.top1_agreement >= 0.93
     assert abs(result.ours_top1 - result.ref_top1) <= 0.015
+
+
+def test_written_float_tflite_round_trips(tmp_path):
+    model = randomize_bn(MobileNetV1(width_mult=0.25, resolution=64, num_classes=11, preset="tf"))
+    path = write_tflite(model, tmp_path / "tiny.tflite", quantize_stem=True)
+    m = read_tflite(path)
+    assert m.opcode_counts() == {"CONV_2D": 15, "DEPTHWISE_CONV_2D": 13, "AVERAGE_POOL_2D": 1, "RESHAPE": 1,
+                                 "SOFTMAX": 1}
+    stem = m.tensors[m.operators[0].inputs[1]]
+    assert stem.dtype == "uint8" and stem.scale.shape == (8,) and stem.quantized_dimension == 0
+    ours = import_model(path)
+    assert (ours.config.width_mult, ours.config.resolution, ours.num_classes) == (0.25, 64, 11)
+    assert ours.weights_metadata["preprocessing"]["mean"] == (127.5,) * 3  # float input: TF's [-1, 1]
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        # the stem kernel went through uint8 (per-channel): allow its rounding, everything else is exact
+        torch.testing.assert_close(ours(x), model(x), rtol=0, atol=0.05)
+    ours.stem.conv.weight.data = torch.from_numpy(fold_bn(model.stem)[0])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), model(x), rtol=0, atol=1e-4)
+
+
+def test_written_tflite_runs_in_the_interpreter_like_the_source(tmp_path):
+    # proves the test writer emits real TF Lite: the interpreter agrees with the PyTorch source model
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    model = randomize_bn(MobileNetV1(width_mult=0.25, resolution=64, num_classes=11, preset="tf"))
+    it = litert.Interpreter(model_path=str(write_tflite(model, tmp_path / "tiny.tflite")))
+    it.allocate_tensors()
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    it.set_tensor(it.get_input_details()[0]["index"], x.permute(0, 2, 3, 1).numpy())
+    it.invoke()
+    with torch.no_grad():
+        ref = model(x).softmax(1).numpy()
+    assert abs(it.get_tensor(it.get_output_details()[0]["index"]) - ref).max() < 1e-5  # measured 3.7e-8
