@@ -326,7 +326,8 @@ def write_tflite(model: MobileNetV1, path: str | Path, *, quantize_stem: bool = 
             lo, hi = w.reshape(w.shape[0], -1).min(1), w.reshape(w.shape[0], -1).max(1)
             scale = ((hi - lo) / 255).astype(np.float32)
             zp = np.round(-lo / scale).astype(np.int64)
-            q = np.clip(np.round(w.transpose(0, 2, 3, 1) / scale.reshape(-1, 1, 1, 1)) + zp.reshape(-1, 1, 1, 1), 0, 255)
+            q = np.round(w.transpose(0, 2, 3, 1) / scale.reshape(-1, 1, 1, 1)) + zp.reshape(-1, 1, 1, 1)
+            q = np.clip(q, 0, 255)
             quant = [None, None, ("[f32]", scale.tolist()), ("[i64]", zp.tolist()), None, None, ("i32", 0)]
             wt = tensor("u0/weights_quant", (w.shape[0], 3, 3, 3), q.astype(np.uint8), quant, dtype=3)
         else:
