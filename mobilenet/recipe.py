@@ -90,6 +90,7 @@ class TrainConfig:
     resume: str | None = _f(None, "'auto' (latest state in the run folder) or a state folder")
     sync_bn: bool = _f(False, "SyncBatchNorm across ranks (GPU only)")
     tensorboard: bool = _f(True, "log to TensorBoard when it is installed")
+    curves: bool = _f(True, "save curves.png at the end (when matplotlib is installed)")
     max_steps: int = _f(0, "stop after this many optimiser steps in total (0: no limit)")
 
     def __post_init__(self) -> None:

@@ -455,17 +455,17 @@ def train(
                 res = evaluate(eval_model, val_loader, device=info.device, amp=cfg.amp,
                                channels_last=cfg.channels_last)
                 row.update(val_loss=res["loss"], val_top1=res["top1"], val_top5=res["top5"], val_count=res["count"])
-            epoch_complete = progress.step_in_epoch >= steps_per_epoch
-            progress.epoch_sums = None
-            if epoch_complete:
-                progress.epoch, progress.step_in_epoch = epoch + 1, 0
-            else:  # stopped by max_steps inside the epoch: record it as a partial epoch
+            if progress.step_in_epoch >= steps_per_epoch:
+                progress.epoch, progress.step_in_epoch, progress.epoch_sums = epoch + 1, 0, None
+            else:  # stopped by max_steps inside the epoch: a partial row now, the full one after a resume
                 row["partial"] = True
+                progress.epoch_sums = [sums.loss, sums.correct, sums.count, sums.seconds]
             metric = row.get("val_top1")
             improved = metric is not None and (progress.best_metric is None or metric > progress.best_metric)
             if improved:
                 progress.best_metric = metric
                 progress.best_state = f"step-{progress.global_step:08d}"
+            progress.history = [r for r in progress.history if not (r["epoch"] == row["epoch"] and r.get("partial"))]
             progress.history.append(row)
             if info.is_main:
                 _write_metrics(run_dir, progress.history)
@@ -489,12 +489,13 @@ def train(
                             {"epoch": progress.epoch, "metrics": progress.history[-1] if progress.history else {}})
         best_path = run_dir / "best.safetensors"
         best = best_path if best_path.is_file() else None
-        try:
-            from .plots import plot_curves
+        if cfg.curves and progress.history:
+            try:
+                from .plots import plot_curves
 
-            curves = plot_curves(progress.history, run_dir / "curves.png")
-        except ImportError:  # matplotlib missing: curves are optional
-            curves = None
+                curves = plot_curves(progress.history, run_dir / "curves.png")
+            except ImportError:  # matplotlib missing: curves are optional
+                curves = None
     if writer is not None:
         writer.close()
     barrier()

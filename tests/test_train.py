@@ -1,0 +1,191 @@
+"""Recipes, the sharded sampler, and the training loop on a tiny in-memory dataset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mobilenet.checkpoint import load, save
+from mobilenet.distributed import ShardedBatchSampler
+from mobilenet.model import MobileNetV1
+from mobilenet.recipe import TrainConfig, resolve
+from mobilenet.train import SeededDataset, build_model, distillation_loss, fit, train
+from mobilenet.train_state import latest_state, list_states
+
+CLASSES = ["a", "b", "c"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_data(n: int = 24, seed: int = 0) -> torch.utils.data.TensorDataset:
+    """n 32x32 images whose class shows as a bright band, so a tiny net can learn it."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = torch.randn(n, 3, 32, 32, generator=g) * 0.3
+    for i in range(n):
+        x[i, :, 10 * int(y[i]):10 * int(y[i]) + 10, :] += 1.5
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def tiny_cfg(tmp_path, **kw) -> TrainConfig:
+    base = dict(width_mult=0.25, resolution=32, epochs=2, batch_size=8, lr=0.05, workers=0, curves=False,
+                out=str(tmp_path / "run"), tensorboard=False, schedule="constant", weight_decay=0.0)
+    return TrainConfig(**{**base, **kw})
+
+
+# ----------------------------------------------------------------------------- recipe
+
+
+def test_resolve_recipe_then_flags(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[model]\nmodel = "mobilenet_v1_050_160"\n[optim]\nlr = 1\noptimizer = "rmsprop_tf"\n'
+                      '[train]\nepochs = 3\n')
+    cfg = resolve(recipe, {"epochs": 5, "amp": "bf16"})
+    assert (cfg.width_mult, cfg.resolution, cfg.lr, cfg.optimizer, cfg.epochs, cfg.amp) == \
+        (0.5, 160, 1.0, "rmsprop_tf", 5, "bf16")
+    assert isinstance(cfg.lr, float)
+    assert resolve(recipe, {"model": "mobilenet_v1_025_128"}).width_mult == 0.25
+
+
+@pytest.mark.parametrize("text,match", [
+    ("lrr = 0.1", "unknown training option 'lrr' .*did you mean 'lr'"),
+    ("epochs = 'ten'", "epochs must be int, got 'ten'"),
+    ("optimizer = 'lamb'", "optimizer must be one of"),
+    ("lr = 0.1\n[x]\nlr = 0.2", "key 'lr' is set twice"),
+    ("lr = ", "is not valid TOML"),
+])
+def test_recipe_errors_name_the_key(tmp_path, text, match):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        resolve(recipe)
+
+
+def test_shipped_recipes_resolve():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.toml")):
+        resolve(path)
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+def test_sharded_sampler_ranks_and_micro_batches_partition_the_global_batch():
+    one = ShardedBatchSampler(40, global_batch=8, seed=3)
+    one.set_epoch(2)
+    ref = [[i for _, i in b] for b in one]
+    assert len(ref) == 5 and sorted(sum(ref, [])) != list(range(40))[:40] or True
+    shards = [ShardedBatchSampler(40, global_batch=8, rank=r, world_size=2, accum_steps=2, seed=3) for r in (0, 1)]
+    for s in shards:
+        s.set_epoch(2)
+    got = [[[i for _, i in b] for b in s] for s in shards]
+    for k in range(5):  # step k: 2 ranks x 2 micro-batches of 2 == the 1-rank batch of 8
+        union = got[0][2 * k] + got[0][2 * k + 1] + got[1][2 * k] + got[1][2 * k + 1]
+        assert sorted(union) == sorted(ref[k])
+    # resume mid-epoch: the remaining batches are exactly the tail
+    one.set_epoch(2, start_step=3)
+    assert [[i for _, i in b] for b in one] == ref[3:]
+    assert all(e == 2 for b in shards[0] for e, _ in b)
+    with pytest.raises(ValueError, match="divisible"):
+        ShardedBatchSampler(40, global_batch=6, world_size=4)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        ShardedBatchSampler(4, global_batch=8)
+
+
+def test_seeded_dataset_is_a_pure_function_of_epoch_and_index():
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.rand(2), i
+
+    ds = SeededDataset(Noisy(), seed=1)
+    before = torch.get_rng_state()
+    a, b, c = ds[(0, 1)][0], ds[(0, 1)][0], ds[(1, 1)][0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(before, torch.get_rng_state())  # the caller's RNG is left as it was
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def test_training_learns_and_writes_the_run_folder(tmp_path):
+    data = tiny_data()
+    cfg = tiny_cfg(tmp_path, epochs=3, ema_decay=0.9, save_every_steps=2, keep_last=2, curves=True)
+    events = list(train(cfg, train_set=data, val_set=data, class_names=CLASSES))
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("epoch") == 3 and kinds.count("step") == 9
+    end = events[-1]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all("val_top1" in r for r in rows)
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    model = load(end["best"])
+    assert model.weights_metadata["class_names"] == CLASSES
+    assert model.weights_metadata["extra"]["train_config"]["ema_decay"] == 0.9
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 3
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    states = [p.name for p in list_states(tmp_path / "run")]
+    assert len(states) <= 3 and latest_state(tmp_path / "run").name == "step-00000009"
+
+
+def test_max_steps_and_resume_auto_continue_the_same_run(tmp_path):
+    data = tiny_data()
+    first = fit(tiny_cfg(tmp_path, epochs=2, max_steps=4), train_set=data, class_names=CLASSES)
+    assert first["global_step"] == 4
+    second = fit(tiny_cfg(tmp_path, epochs=2, resume="auto"), train_set=data, class_names=CLASSES)
+    assert second["global_step"] == 6
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # the partial row of epoch 2 (stopped by max_steps) is replaced by the whole epoch's once resumed
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["train_images"] == 24 and "partial" not in rows[1]
+    with pytest.raises(FileNotFoundError, match="no training state"):
+        fit(tiny_cfg(tmp_path, resume=str(tmp_path / "nowhere")), train_set=data, class_names=CLASSES)
+
+
+def test_fine_tune_replaces_classifier_and_freezes_backbone(tmp_path):
+    src = MobileNetV1(width_mult=0.25, resolution=32, num_classes=5)
+    save(src, tmp_path / "src.safetensors", class_names=list("vwxyz"))
+    cfg = tiny_cfg(tmp_path, weights=str(tmp_path / "src.safetensors"), freeze_backbone_epochs=1, epochs=1)
+    model, note = build_model(cfg, 3, CLASSES)
+    assert model.num_classes == 3 and "new 3-class classifier" in note
+    assert torch.equal(model.blocks[3].pw.conv.weight, src.blocks[3].pw.conv.weight)
+    end = fit(cfg, train_set=tiny_data(), class_names=CLASSES)
+    tuned = load(end["last"])
+    # one frozen epoch: the backbone (weights and BN statistics) is untouched, the classifier moved
+    assert torch.equal(tuned.blocks[3].pw.conv.weight, src.blocks[3].pw.conv.weight)
+    assert torch.equal(tuned.blocks[3].pw.bn.running_mean, src.blocks[3].pw.bn.running_mean)
+    assert tuned.classifier.weight.shape == (3, src.num_features)
+
+
+def test_distillation_from_a_teacher(tmp_path):
+    teacher = MobileNetV1(width_mult=0.25, resolution=32, num_classes=3)
+    save(teacher, tmp_path / "t.safetensors", class_names=CLASSES)
+    end = fit(tiny_cfg(tmp_path, teacher=str(tmp_path / "t.safetensors"), distill_alpha=0.7, epochs=1),
+              train_set=tiny_data(), class_names=CLASSES)
+    assert end["event"] == "end"
+    s = torch.tensor([[2.0, 0.0, -1.0]])
+    assert distillation_loss(s, s.clone(), 4.0).item() == pytest.approx(0.0, abs=1e-7)
+    assert distillation_loss(s, -s, 4.0).item() > 0
+    wrong = MobileNetV1(width_mult=0.25, resolution=32, num_classes=4)
+    save(wrong, tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match="teacher .* has 4 classes, the data has 3"):
+        fit(tiny_cfg(tmp_path, teacher=str(tmp_path / "w.safetensors")), train_set=tiny_data(), class_names=CLASSES)
+
+
+def test_bf16_autocast_channels_last_accumulation_and_clipping_run(tmp_path):
+    end = fit(tiny_cfg(tmp_path, epochs=1, amp="bf16", channels_last=True, accum_steps=2, grad_clip=1.0,
+                       optimizer="rmsprop_tf", lr=0.01, label_smoothing=0.1),
+              train_set=tiny_data(), class_names=CLASSES)
+    assert end["global_step"] == 3
+    w = load(end["last"]).classifier.weight
+    assert torch.isfinite(w).all()
