@@ -98,3 +98,11 @@ def test_not_a_mobilenet_h5_is_named(tmp_path):
         f.attrs["layer_names"] = [b"dense"]
     with pytest.raises(ValueError, match="missing layer 'conv1'"):
         import_model(path)
+
+
+def test_file_name_alpha_must_match_the_weights(keras, tmp_path):
+    km = keras.applications.MobileNet(input_shape=(128, 128, 3), alpha=0.25, weights=None, include_top=False)
+    path = tmp_path / "mobilenet_5_0_128_tf_no_top.weights.h5"
+    km.save_weights(path)
+    with pytest.raises(ValueError, match="says alpha 0.5 .* conv1 has 8 filters"):
+        import_model(path)

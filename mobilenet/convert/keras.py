@@ -26,7 +26,7 @@ from .imported import ConvUnit, Imported, depthwise_hwcm_to_oihw, hwio_to_oihw
 
 KERAS_BN_EPS = 1e-3
 # Keras 2 file names: mobilenet_{alpha as 1_0|7_5|5_0|2_5}_{rows}_tf[_no_top].h5
-_KERAS2_NAME = re.compile(r"mobilenet_(\d)_(\d)_(\d+)_tf(_no_top)?\.h5$")
+_KERAS2_NAME = re.compile(r"mobilenet_(\d)_(\d)_(\d+)_tf(_no_top)?(\.weights)?\.h5$")
 
 
 def _h5py() -> Any:
@@ -143,7 +143,11 @@ def import_keras(path: str | os.PathLike[str], *, resolution: int | None = None)
             units, cls_w, cls_b = _keras2_units(root, src)
             kv = root.attrs.get("keras_version", b"2")
             keras_version = kv.decode() if isinstance(kv, bytes) else str(kv)
-    _, name_res = name_hints(path)
+    name_alpha, name_res = name_hints(path)
+    stem = units[0].weight.shape[0]
+    if name_alpha is not None and stem != max(int(32 * name_alpha), 8):
+        raise ValueError(f"{src}: the file name says alpha {name_alpha:g} (stem {max(int(32 * name_alpha), 8)} "
+                         f"channels) but conv1 has {stem} filters")
     res = resolution or name_res
     return Imported(units=units, classifier_weight=cls_w, classifier_bias=cls_b, preset="tf", format="keras",
                     source=path.name, resolution=res, preprocessing=Preprocessing.tf(res or 224),
