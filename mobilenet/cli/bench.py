@@ -1,0 +1,114 @@
+"""`mobilenet bench`: the time table (device x pass x variant) or, with --grid, latency vs accuracy of all 16 variants."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "bench"
+HELP = "time every deployment path on this machine; --grid: latency/accuracy of the 16 variants and budgets"
+DESCRIPTION = """Time table of one model: device (cpu, cuda) x pass (forward, forward-backward) x variant
+(eager, folded, channels_last, compile, int8, onnxruntime, fp16/bf16, CUDA graphs), timed interleaved in one run.
+
+  mobilenet bench mobilenet_v1_100_224 --format markdown
+  mobilenet bench --grid --plot grid.png            # 16 variants: latency beside MACs and TF-slim top-1
+  mobilenet bench --grid --budget-ms 5              # the most accurate variant that runs in 5 ms here"""
+
+
+def _csv(choices: tuple[str, ...]):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"invalid choice(s) {', '.join(bad) or repr(text)} "
+                                             f"(choose from {', '.join(choices)})")
+        return items
+    return parse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..deploy.bench import ALL_VARIANTS
+
+    p.add_argument("model", nargs="?", default="mobilenet_v1_100_224",
+                   help="model name (random weights) or weights file (default: mobilenet_v1_100_224)")
+    p.add_argument("--preset", choices=("paper", "tf"), default=None, help="preset for a model name")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", type=_csv(("cpu", "cuda")), default=["cpu", "cuda"], help="cpu,cuda (default both)")
+    p.add_argument("--pass", dest="passes", type=_csv(("forward", "forward-backward")),
+                   default=["forward", "forward-backward"], help="forward,forward-backward (default both)")
+    p.add_argument("--variants", type=_csv(ALL_VARIANTS), default=None, help="comma-separated subset of variants")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile rows (slow to compile on small CPUs)")
+    p.add_argument("--repeats", type=int, default=50, help="timed calls per variant")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls per variant first")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    p.add_argument("--out", default=None, help="also write the JSON result here")
+    g = p.add_argument_group("grid: latency vs accuracy of the 16 alpha x resolution variants (CPU)")
+    g.add_argument("--grid", action="store_true", help="time all 16 variants instead of one model")
+    g.add_argument("--grid-variant", default="eager",
+                   choices=("eager", "folded", "channels_last", "int8", "onnxruntime", "onnxruntime-int8"),
+                   help="deployment path timed for every variant (default eager fp32)")
+    g.add_argument("--plot", default=None, help="write the latency/top-1 plot with the Pareto frontier (PNG)")
+    g.add_argument("--budget-ms", type=float, default=None, help="latency budget (ms per batch, median)")
+    g.add_argument("--budget-macs", type=float, default=None, help="budget in million multiply-adds per image")
+    g.add_argument("--budget-params", type=float, default=None, help="budget in million parameters")
+
+
+def _grid(args: argparse.Namespace) -> int:
+    import json
+
+    from ..checkpoint import atomic_write
+    from ..deploy.grid import format_grid, pick_for_budget, plot_grid, run_grid
+
+    rows = run_grid(variant=args.grid_variant, batch_size=args.batch_size, repeats=args.repeats,
+                    warmup=args.warmup, preset=args.preset or "tf")
+    budgets = {"budget_ms": args.budget_ms, "budget_macs": args.budget_macs, "budget_params": args.budget_params}
+    pick = pick_for_budget(rows, **budgets) if any(v is not None for v in budgets.values()) else None
+    payload = {"variant": args.grid_variant, "batch_size": args.batch_size, "rows": [r.to_dict() for r in rows],
+               "budgets": budgets, "pick": pick.name if pick else None}
+    if args.format == "json":
+        print(json.dumps(payload, indent=2))
+    else:
+        print(f"{args.grid_variant} latency at batch {args.batch_size} on this CPU, the 16 variants timed "
+              f"interleaved; top-1 is TF-slim's published ImageNet accuracy; * = Pareto frontier\n")
+        print(format_grid(rows, args.format))
+    if any(v is not None for v in budgets.values()):
+        given = ", ".join(f"{k[7:]} <= {v:g}" for k, v in budgets.items() if v is not None)
+        if pick is None:
+            print(f"\nno variant fits the budget ({given})")
+        else:
+            print(f"\nmost accurate within {given}: {pick.name} (top-1 {pick.top1:.1f}%, {pick.median_ms:.2f} ms, "
+                  f"{pick.macs_m:.0f}M MACs, {pick.params_m:.2f}M params)")
+    if args.plot:
+        print(f"plot: {plot_grid(rows, args.plot, title=f'MobileNet v1 on this CPU ({args.grid_variant}, batch {args.batch_size})')}")
+    if args.out:
+        with atomic_write(args.out, "w") as f:
+            json.dump(payload, f, indent=2)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..checkpoint import atomic_write
+    from ..deploy.bench import format_result, num_threads, run_bench
+    from ..deploy.loading import load_model
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.repeats < 1 or args.warmup < 0:
+        raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    grid_only = [n for n in ("plot", "budget_ms", "budget_macs", "budget_params") if getattr(args, n) is not None]
+    if grid_only and not args.grid:
+        raise ValueError(f"--{grid_only[0].replace('_', '-')} needs --grid")
+    with num_threads(args.threads):
+        if args.grid:
+            return _grid(args)
+        model = load_model(args.model, preset=args.preset)
+        result = run_bench(model, batch_size=args.batch_size, devices=args.device, passes=args.passes,
+                           variants=args.variants, compile=not args.no_compile, repeats=args.repeats,
+                           warmup=args.warmup)
+    print(format_result(result, args.format))
+    if args.out:
+        with atomic_write(args.out, "w") as f:
+            json.dump(result.to_dict(), f, indent=2)
+    return 0
