@@ -103,6 +103,23 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[st
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsFileError(f"{path} is not a readable safetensors file ({e})") from None
+    return tensors, _parse_metadata(header, path)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of a weights file without loading its tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsFileError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsFileError(f"{path} is not a readable safetensors file ({e})") from None
+    return _parse_metadata(header, path)
+
+
+def _parse_metadata(header: dict[str, str], path: Path) -> dict[str, Any]:
     if METADATA_KEY not in header:
         raise WeightsFileError(
             f"{path} has no '{METADATA_KEY}' metadata: it was not written by mobilenet "
@@ -110,7 +127,7 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[st
     meta = json.loads(header[METADATA_KEY])
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise WeightsFileError(f"{path} uses format version {meta['format_version']}; upgrade mobilenet to read it")
-    return tensors, meta
+    return meta
 
 
 # Builders for each architecture a weights file may name; detection registers its own.

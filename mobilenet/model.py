@@ -7,6 +7,8 @@ Two presets share one architecture and one state-dict layout:
   ReLU6, TF "SAME" padding (asymmetric for stride 2: one extra row/column at the bottom/right
   of an even-sized input), BatchNorm eps 1e-3, dropout then a 1x1 convolution with bias as the
   classifier (slim's ``Conv2d_1c_1x1``, Keras' ``conv_preds``).
+* ``"timm"``: timm's ``mobilenetv1_100``: ReLU6, symmetric padding, BatchNorm eps 1e-5, a linear
+  classifier.
 
 Channel rounding follows TF-slim (``max(int(c * width_mult), 8)``), which is also Keras'
 ``int(c * alpha)`` for every alpha Keras publishes. The paper's baselines are options:
@@ -47,11 +49,12 @@ LAYERS: tuple[tuple[int, int], ...] = (
 SHALLOW_DROPPED = frozenset(range(6, 11))
 MIN_RESOLUTION = 32
 
-Preset = Literal["paper", "tf"]
+Preset = Literal["paper", "tf", "timm"]
 ConvType = Literal["separable", "full"]
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"act": nn.ReLU, "same_padding": False, "bn_eps": 1e-5, "conv_head": False, "dropout": 0.0},
     "tf": {"act": nn.ReLU6, "same_padding": True, "bn_eps": 1e-3, "conv_head": True, "dropout": 1e-3},
+    "timm": {"act": nn.ReLU6, "same_padding": False, "bn_eps": 1e-5, "conv_head": False, "dropout": 0.0},
 }
 
 

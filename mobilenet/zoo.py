@@ -47,11 +47,16 @@ def variant_config(name: str, **overrides: Any) -> MobileNetConfig:
 def create_model(name: str, *, weights: str | None = None, **overrides: Any) -> MobileNetV1:
     """Build a named variant, e.g. ``create_model("mobilenet_v1_050_160", num_classes=10)``.
 
-    ``weights``: a weights file written by ``mobilenet.save`` (or ``mobilenet convert``) to load.
+    ``weights``: a weights file written by ``mobilenet.save`` or ``mobilenet convert``. Its config
+    supplies whatever the name and ``overrides`` leave open (preset, class count, ...), so
+    ``create_model("mobilenet_v1_025_128", weights="slim.safetensors")`` needs no more; a file of
+    another width fails naming the first mismatched tensor.
     """
-    model = MobileNetV1.from_config(variant_config(name, **overrides))
-    if weights is not None:
-        from .checkpoint import load_weights_into
+    if weights is None:
+        return MobileNetV1.from_config(variant_config(name, **overrides))
+    from .checkpoint import load_weights_into, read_metadata
 
-        load_weights_into(model, weights)
-    return model
+    stored = read_metadata(weights).get("config") or {}
+    stored = {k: v for k, v in stored.items() if k not in VARIANTS.get(name, {})}
+    model = MobileNetV1.from_config(variant_config(name, **{**stored, **overrides}))
+    return load_weights_into(model, weights)

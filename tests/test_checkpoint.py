@@ -45,6 +45,16 @@ def test_default_preprocessing_and_create_model_weights(tmp_path: Path) -> None:
                                                  strict=True))
 
 
+def test_create_model_takes_the_rest_of_the_config_from_the_file(tmp_path: Path) -> None:
+    slim_like = mobilenet.create_model("mobilenet_v1_025_128", preset="tf", num_classes=1001)
+    path = mobilenet.save(slim_like, tmp_path / "slim.safetensors")
+    again = mobilenet.create_model("mobilenet_v1_025_128", weights=str(path))
+    assert (again.config.preset, again.config.num_classes) == ("tf", 1001)
+    assert mobilenet.create_model("mobilenet_v1_025_224", weights=str(path)).config.resolution == 224
+    with pytest.raises(WeightsFileError, match="'stem.conv.weight' has shape"):
+        mobilenet.create_model("mobilenet_v1_050_128", weights=str(path))
+
+
 def test_file_is_plain_safetensors_without_pickle(tmp_path: Path) -> None:
     path = mobilenet.save(mobilenet.MobileNetV1(width_mult=0.25), tmp_path / "w.safetensors")
     header_len = int.from_bytes(path.read_bytes()[:8], "little")

@@ -5,23 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from mobilenet.convert import detect_format, import_model
-from mobilenet.model import PRESETS, MobileNetV1
+from mobilenet.model import MobileNetV1
 from tests.convert_writers import hf_state, randomize_bn, timm_state
 
-TIMM_PRESET = {"act": nn.ReLU6, "same_padding": False, "bn_eps": 1e-5, "conv_head": False, "dropout": 0.0}
 
-
-@pytest.fixture
-def timm_preset(monkeypatch):
-    """timm's MobileNet v1 (ReLU6, symmetric padding, eps 1e-5, linear head) until model.py has the preset."""
-    if "timm" not in PRESETS:
-        monkeypatch.setitem(PRESETS, "timm", TIMM_PRESET)
-
-
-def test_timm_safetensors_equals_source(tmp_path, timm_preset):
+def test_timm_safetensors_equals_source(tmp_path):
     model = randomize_bn(MobileNetV1(width_mult=0.25, num_classes=1000, preset="timm"))
     path = tmp_path / "mobilenetv1_100.safetensors"
     save_file(timm_state(model), str(path))
@@ -33,17 +23,7 @@ def test_timm_safetensors_equals_source(tmp_path, timm_preset):
         torch.testing.assert_close(ours(x), model(x), rtol=0, atol=1e-5)
 
 
-def test_timm_without_preset_is_refused_clearly(tmp_path, monkeypatch):
-    model = MobileNetV1(width_mult=0.25, num_classes=10)
-    state = timm_state(model)
-    path = tmp_path / "m.pth"
-    torch.save({"state_dict": state}, path)
-    monkeypatch.delitem(PRESETS, "timm", raising=False)
-    with pytest.raises(ValueError, match="no 'timm' preset"):
-        import_model(path)
-
-
-def test_timm_head_conv_variant_is_refused(tmp_path, timm_preset):
+def test_timm_head_conv_variant_is_refused(tmp_path):
     state = timm_state(MobileNetV1(width_mult=0.25, num_classes=10, preset="timm"))
     state["conv_head.weight"] = torch.zeros(256, 256, 1, 1)
     path = tmp_path / "m.pth"

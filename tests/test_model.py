@@ -75,6 +75,13 @@ def test_presets() -> None:
     assert set(sd) == {k for k in tf.state_dict() if not k.startswith("classifier")}
 
 
+def test_timm_preset() -> None:
+    timm = MobileNetV1(preset="timm")
+    assert isinstance(timm.stem.act, nn.ReLU6) and isinstance(timm.classifier, nn.Linear)
+    assert timm.stem.conv.padding == (1, 1) and timm.stem.bn.eps == 1e-5
+    assert list(timm.state_dict()) == list(MobileNetV1().state_dict())
+
+
 def test_same_padding_matches_keras_and_tf() -> None:
     pad = SamePad2d(3, 2)
     even, odd = torch.randn(1, 1, 8, 8), torch.randn(1, 1, 7, 9)
@@ -178,7 +185,7 @@ def test_state_dict_keys_are_a_contract() -> None:
     ({"num_classes": -1}, "num_classes must be an integer >= 0"),
     ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
     ({"in_chans": 0}, "in_chans must be an integer >= 1, got 0"),
-    ({"preset": "keras"}, "preset must be one of ['paper', 'tf'], got 'keras'"),
+    ({"preset": "keras"}, "preset must be one of ['paper', 'tf', 'timm'], got 'keras'"),
     ({"conv_type": "dw"}, "conv_type must be 'separable' or 'full', got 'dw'"),
     ({"stem_stride": 4}, "stem_stride must be 1 or 2, got 4"),
 ])

@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width-mult", type=float, help="width multiplier alpha (> 0)")
     g.add_argument("--resolution", type=int, help="input size in pixels (>= 32)")
     g.add_argument("--num-classes", type=int, help="classifier outputs (slim: 1001); 0: no classifier")
-    g.add_argument("--preset", choices=("paper", "tf"), help="paper (ReLU, Linear head) or tf (slim/Keras)")
+    g.add_argument("--preset", choices=("paper", "tf", "timm"),
+                   help="paper (ReLU, Linear head), tf (slim/Keras) or timm (ReLU6, symmetric padding)")
     g.add_argument("--conv-type", choices=("separable", "full"), help="full: Table 4's Conv MobileNet")
     g.add_argument("--shallow", action="store_true", default=None, help="Table 5's shallow MobileNet")
     g.add_argument("--stem-stride", type=int, choices=(1, 2), help="1 keeps resolution for small images")

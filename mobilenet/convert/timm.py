@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model import LAYERS, PRESETS
+from ..model import LAYERS
 from ..preprocessing import Preprocessing
 from .imported import ConvUnit, Imported
 
@@ -98,10 +98,6 @@ def import_timm(path: str | os.PathLike[str], *, resolution: int | None = None) 
     state = load_state_dict(path)
     res = resolution or 224
     if "conv_stem.weight" in state:
-        if "timm" not in PRESETS:
-            raise ValueError(
-                f"{src}: timm's MobileNet v1 uses ReLU6 with symmetric padding and BN eps 1e-5; this version of "
-                "mobilenet has no 'timm' preset for that (mobilenet.model.PRESETS), so it cannot be loaded exactly")
         units, preset, layout = _timm_units(state, src), "timm", "timm"
         # timm's mobilenetv1_100.ra4_e3600_r224_in1k config: inception mean/std (0.5), bicubic, crop 0.875
         pre = Preprocessing(resolution=res, interpolation="bicubic", mean=(127.5,) * 3, std=(127.5,) * 3)
