@@ -45,7 +45,8 @@ def plot_curves(history: Sequence[dict[str, Any]], out: str | Path, *, title: st
         if xs:
             axes[0].plot(xs, ys, marker="o", ms=3, label=label)
     axes[0].set(title="loss", xlabel="epoch")
-    for key, label in (("train_acc", "train top-1"), ("val_top1", "validation top-1"), ("val_top5", "validation top-5")):
+    accuracy_series = (("train_acc", "train top-1"), ("val_top1", "validation top-1"), ("val_top5", "validation top-5"))
+    for key, label in accuracy_series:
         xs, ys = series(key)
         if xs:
             axes[1].plot(xs, ys, marker="o", ms=3, label=label)

@@ -88,7 +88,7 @@ def predict(
         p, idx = probs.topk(k, dim=1)
         for row, (slot, _) in enumerate(pending):
             results[slot]["top"] = [{"label": names[int(i)], "index": int(i), "prob": float(q)}
-                                    for q, i in zip(p[row], idx[row])]
+                                    for q, i in zip(p[row], idx[row], strict=True)]
         pending.clear()
 
     for path in images:

@@ -116,7 +116,8 @@ class TrainConfig:
         check(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
         check(self.keep_last >= 1, f"keep_last must be >= 1, got {self.keep_last}")
         check(self.save_every_steps >= 0, f"save_every_steps must be >= 0, got {self.save_every_steps}")
-        check(self.freeze_backbone_epochs >= 0, f"freeze_backbone_epochs must be >= 0, got {self.freeze_backbone_epochs}")
+        check(self.freeze_backbone_epochs >= 0,
+              f"freeze_backbone_epochs must be >= 0, got {self.freeze_backbone_epochs}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

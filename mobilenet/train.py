@@ -135,7 +135,8 @@ def build_model(cfg: TrainConfig, num_classes: int, class_names: Sequence[str] |
         return model, "random initialisation"
     tensors, meta = read(cfg.weights)
     if meta.get("architecture") != "mobilenet_v1":
-        raise WeightsFileError(f"{cfg.weights}: architecture {meta.get('architecture')!r} is not a mobilenet_v1 classifier")
+        raise WeightsFileError(
+            f"{cfg.weights}: architecture {meta.get('architecture')!r} is not a mobilenet_v1 classifier")
     model = MobileNetV1.from_config(meta["config"])
     same_labels = model.num_classes == num_classes and (
         class_names is None or meta.get("class_names") in (None, list(class_names)))

@@ -77,6 +77,15 @@ def test_shipped_recipes_resolve():
         resolve(path)
 
 
+def test_demo_recipe_equals_configs_digits_toml():
+    from pathlib import Path
+
+    from mobilenet.cli.demo import DIGITS_RECIPE
+
+    shipped = resolve(Path(__file__).parents[1] / "configs" / "digits.toml")
+    assert shipped == TrainConfig(**DIGITS_RECIPE)
+
+
 # ----------------------------------------------------------------------------- sampler
 
 

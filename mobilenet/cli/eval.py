@@ -62,6 +62,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<24} {row['count']:>7} {acc:>8}")
     if args.confusion:
         print("confusion (rows: true class, columns: predicted output index):")
-        for name, row in zip(res["per_class"], res["confusion"]):
+        for name, row in zip(res["per_class"], res["confusion"], strict=True):
             print(f"{name:<24} " + " ".join(f"{v:>4}" for v in row))
     return 0

@@ -1,0 +1,219 @@
+"""CIFAR-10 test accuracy against wall-clock time, two MobileNet v1 settings side by side.
+
+GPU path: the whole set is decoded once into a uint8 tensor on the device, then every batch is
+augmented there (pad-4 random crop + flip, optional cutout) and normalised: no DataLoader, no
+per-image Python work. Settings:
+
+* ``alpha1_stem1``: MobileNet v1 alpha 1.0 with a small-image stem (first conv at stride 1), the
+  target run (>= 93% test accuracy in <= 10 minutes on one H100).
+* ``keras_alpha05``: the seed's Keras example setting, alpha 0.5, 32x32 input, plain stem (stride 2).
+
+Both use the library's pieces (``MobileNetV1``, ``build_optimizer``, ``lr_multiplier``,
+``evaluate``); the clock covers training and the per-epoch test evaluation, not the one-off decode
+(reported separately). Prints a table and JSON; saves accuracy-vs-time curves.
+
+    python benchmarks/train_cifar10.py --data ../shared/data/cifar10                      # GPU, full
+    python benchmarks/train_cifar10.py --data ../shared/data/cifar10 --device cpu --epochs 1 \\
+        --max-train 512 --max-test 256 --batch-size 64 --amp none --settings keras_alpha05  # CPU smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SETTINGS = {
+    "alpha1_stem1": dict(width_mult=1.0, stem_stride=1),
+    "keras_alpha05": dict(width_mult=0.5, stem_stride=2),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data/cifar10", help="folder with train.zip/test.zip, or the "
+                   "official cifar-10-python.tar.gz")
+    p.add_argument("--settings", default="alpha1_stem1,keras_alpha05", help="comma-separated: " + ", ".join(SETTINGS))
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=0.4, help="peak SGD lr (Nesterov, momentum 0.9)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--warmup-epochs", type=float, default=2.0)
+    p.add_argument("--cutout", type=int, default=8, help="cutout square size (0: off)")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="bf16")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--target", type=float, default=93.0, help="test top-1 (%%) whose time-to-reach is reported")
+    p.add_argument("--budget-min", type=float, default=10.0, help="stop a setting after this many minutes")
+    p.add_argument("--max-train", type=int, default=0, help="use only the first N training images (smoke runs)")
+    p.add_argument("--max-test", type=int, default=0, help="use only the first N test images (smoke runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/bench_cifar10", help="folder for JSON and curves")
+    return p.parse_args(argv)
+
+
+def load_split(data: str, split: str, device: torch.device, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from mobilenet.data import load_tensor_dataset
+
+    d = load_tensor_dataset(f"cifar10:{data}#{split}", progress=sys.stderr.isatty())
+    images, labels = d[0], d[1]
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return images.to(device), labels.to(device)
+
+
+def run_setting(name: str, args: argparse.Namespace, train: tuple, test: tuple, device: torch.device) -> dict:
+    from mobilenet.data import cutout, normalize_batch, random_crop_flip
+    from mobilenet.evaluate import evaluate
+    from mobilenet.model import MobileNetV1
+    from mobilenet.optim import build_optimizer, lr_multiplier
+    from mobilenet.preprocessing import Preprocessing
+
+    torch.manual_seed(args.seed)
+    pre = Preprocessing(resolution=32, crop_fraction=1.0)
+    model = MobileNetV1(resolution=32, num_classes=10, **SETTINGS[name]).to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    net = torch.compile(model) if args.compile else model
+    opt = build_optimizer(model, "sgd", lr=args.lr, weight_decay=args.weight_decay, nesterov=True)
+    x_train, y_train = train
+    steps_per_epoch = len(x_train) // args.batch_size
+    if steps_per_epoch < 1:
+        raise SystemExit(f"--batch-size {args.batch_size} is larger than the {len(x_train)} training images")
+    sched = lr_multiplier("cosine", steps_per_epoch=steps_per_epoch, total_epochs=args.epochs,
+                          warmup_epochs=args.warmup_epochs)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+
+    def test_batches():
+        x_test, y_test = test
+        for i in range(0, len(x_test), 1000):
+            yield normalize_batch(x_test[i:i + 1000], pre, channels_last=args.channels_last), y_test[i:i + 1000]
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    curve, step, reached = [], 0, None
+    sync()
+    t0 = time.perf_counter()
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(x_train), device=device, generator=gen)
+        loss_sum = torch.zeros((), device=device)
+        for k in range(steps_per_epoch):
+            idx = order[k * args.batch_size:(k + 1) * args.batch_size]
+            xb = random_crop_flip(x_train[idx], 4, generator=gen)
+            if args.cutout:
+                xb = cutout(xb, args.cutout, generator=gen)
+            xb = normalize_batch(xb, pre, channels_last=args.channels_last)
+            for g in opt.param_groups:
+                g["lr"] = args.lr * sched(step)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = F.cross_entropy(net(xb), y_train[idx], label_smoothing=args.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            loss_sum += loss.detach()
+            step += 1
+        res = evaluate(net, test_batches(), device=device, amp=args.amp)
+        sync()
+        seconds = time.perf_counter() - t0
+        curve.append({"epoch": epoch + 1, "seconds": seconds, "train_loss": float(loss_sum) / steps_per_epoch,
+                      "test_top1": res["top1"], "test_loss": res["loss"]})
+        print(f"  [{name}] epoch {epoch + 1:>3}/{args.epochs}: {seconds:7.1f} s  train loss "
+              f"{curve[-1]['train_loss']:.3f}  test top-1 {res['top1']:.2f}%", flush=True)
+        if reached is None and res["top1"] >= args.target:
+            reached = seconds
+        if seconds > args.budget_min * 60:
+            print(f"  [{name}] stopped: {args.budget_min} min budget spent", flush=True)
+            break
+    return {
+        "setting": name, **SETTINGS[name], "params": sum(p.numel() for p in model.parameters()),
+        "epochs_run": len(curve), "final_top1": curve[-1]["test_top1"], "best_top1": max(c["test_top1"] for c in curve),
+        "seconds": curve[-1]["seconds"], "seconds_to_target": reached, "target": args.target, "curve": curve,
+    }
+
+
+def plot(results: list[dict], path: Path, target: float) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for r in results:
+        ax.plot([c["seconds"] / 60 for c in r["curve"]], [c["test_top1"] for c in r["curve"]], marker="o", ms=3,
+                label=f"{r['setting']} (alpha {r['width_mult']}, stem stride {r['stem_stride']})")
+    ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target}%")
+    ax.set(xlabel="wall-clock minutes (training + per-epoch test)", ylabel="CIFAR-10 test top-1 (%)",
+           title="MobileNet v1 on CIFAR-10")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from mobilenet.distributed import resolve_device
+
+    device = resolve_device(args.device)
+    names = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"unknown setting(s) {unknown}; known: {', '.join(SETTINGS)}")
+    if device.type == "cpu" and args.amp == "fp16":
+        raise SystemExit("--amp fp16 needs CUDA; use bf16 or none on CPU")
+    t = time.perf_counter()
+    train = load_split(args.data, "train", device, args.max_train)
+    test = load_split(args.data, "test", device, args.max_test)
+    decode_s = time.perf_counter() - t
+    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "amp": args.amp,
+           "channels_last": args.channels_last, "compile": args.compile, "batch_size": args.batch_size,
+           "epochs": args.epochs, "train_images": len(train[0]), "test_images": len(test[0]),
+           "decode_seconds": decode_s}
+    print(f"CIFAR-10 on {env['device']}: {env['train_images']} train / {env['test_images']} test images decoded "
+          f"to {device} in {decode_s:.1f} s; {args.amp}, channels_last={args.channels_last}, batch {args.batch_size}")
+    results = [run_setting(n, args, train, test, device) for n in names]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    curves = plot(results, out / "cifar10_accuracy_vs_time.png", args.target)
+    report = {"benchmark": "train_cifar10", "env": env, "results": results,
+              "curves": str(curves) if curves else None}
+    (out / "train_cifar10.json").write_text(json.dumps(report, indent=2))
+    print()
+    print(f"| setting | alpha | stem stride | params | epochs | final top-1 % | best top-1 % | minutes | "
+          f"minutes to {args.target}% |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        to = f"{r['seconds_to_target'] / 60:.1f}" if r["seconds_to_target"] is not None else "not reached"
+        print(f"| {r['setting']} | {r['width_mult']} | {r['stem_stride']} | {r['params']:,} | {r['epochs_run']} | "
+              f"{r['final_top1']:.2f} | {r['best_top1']:.2f} | {r['seconds'] / 60:.1f} | {to} |")
+    print(json.dumps({k: v for k, v in report.items() if k != "results"} | {
+        "results": [{k: v for k, v in r.items() if k != "curve"} for r in results]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
