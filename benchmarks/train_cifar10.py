@@ -61,13 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_split(data: str, split: str, device: torch.device, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from mobilenet.data import load_tensor_dataset
+    from mobilenet.data import SubsetView, load_tensor_dataset, open_image_dataset
 
-    d = load_tensor_dataset(f"cifar10:{data}#{split}", progress=sys.stderr.isatty())
-    images, labels = d[0], d[1]
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    return images.to(device), labels.to(device)
+    ds = open_image_dataset(f"cifar10:{data}#{split}", check="none")
+    if limit:  # a spread of classes, not the first folder only
+        step = max(len(ds) // limit, 1)
+        ds = SubsetView(ds, list(range(0, len(ds), step))[:limit])
+    d = load_tensor_dataset(ds, progress=sys.stderr.isatty())
+    return d[0].to(device), d[1].to(device)
 
 
 def run_setting(name: str, args: argparse.Namespace, train: tuple, test: tuple, device: torch.device) -> dict:
