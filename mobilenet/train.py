@@ -312,6 +312,13 @@ def train(
     progress = Progress()
     resume_from = find_resume(cfg.resume, run_dir)
     if resume_from is not None:
+        saved_cfg = json.loads((resume_from / "state.json").read_text()).get("config", {})
+        # batch_size and seed fix which samples each optimiser step sees; world size and accum_steps only
+        # split a step's samples, so a run may resume on a different number of processes.
+        for key in ("batch_size", "seed"):
+            if key in saved_cfg and saved_cfg[key] != getattr(cfg, key):
+                raise ValueError(f"cannot resume {resume_from} with {key}={getattr(cfg, key)!r}: the run was "
+                                 f"started with {key}={saved_cfg[key]!r} (its position in the data depends on it)")
         progress = load_state(resume_from, model=model, optimizer=optimizer, ema=ema, scaler=scaler,
                               map_location=info.device)
         if info.rank > 0:  # rank 0's RNG was saved; give other ranks their own, still reproducible, stream

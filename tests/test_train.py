@@ -157,6 +157,8 @@ def test_max_steps_and_resume_auto_continue_the_same_run(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # the partial row of epoch 2 (stopped by max_steps) is replaced by the whole epoch's once resumed
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["train_images"] == 24 and "partial" not in rows[1]
+    with pytest.raises(ValueError, match="cannot resume .* with batch_size=4: the run was started with batch_size=8"):
+        fit(tiny_cfg(tmp_path, batch_size=4, resume="auto"), train_set=data, class_names=CLASSES)
     with pytest.raises(FileNotFoundError, match="no training state"):
         fit(tiny_cfg(tmp_path, resume=str(tmp_path / "nowhere")), train_set=data, class_names=CLASSES)
 
