@@ -200,3 +200,32 @@ def test_bf16_autocast_channels_last_accumulation_and_clipping_run(tmp_path):
     assert end["global_step"] == 3
     w = load(end["last"]).classifier.weight
     assert torch.isfinite(w).all()
+
+
+# ----------------------------------------------------------------------------- states, devices
+
+
+def test_incomplete_state_folders_are_ignored_and_optimizer_state_loads_without_pickle(tmp_path):
+    data = tiny_data()
+    fit(tiny_cfg(tmp_path, epochs=1, save_every_steps=1, keep_last=5), train_set=data, class_names=CLASSES)
+    states = tmp_path / "run" / "states"
+    assert [p.name for p in list_states(tmp_path / "run")] == [f"step-0000000{i}" for i in (1, 2, 3)]
+    # a crash mid-save leaves a temporary folder, or a folder without its state.json: neither is resumed from
+    (states / ".tmp-step-00000004-123").mkdir()
+    (states / "step-00000005").mkdir()
+    (states / "step-00000005" / "model.safetensors").write_bytes(b"partial")
+    assert latest_state(tmp_path / "run").name == "step-00000003"
+    blob = torch.load(states / "step-00000003" / "optim.pt", weights_only=True)
+    assert {"optimizer", "rng", "ema", "scaler"} <= blob.keys()
+
+
+def test_sync_bn_and_devices_fail_clearly_on_cpu():
+    from mobilenet.distributed import DistInfo, resolve_device, wrap_model
+
+    with pytest.raises(ValueError, match="sync_bn needs CUDA"):
+        wrap_model(MobileNetV1(width_mult=0.25), DistInfo(rank=0, world_size=2), sync_bn=True)
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N, got 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
