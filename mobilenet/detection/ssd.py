@@ -51,6 +51,9 @@ class SSDConfig:
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     scale_factors: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    # input normalisation (pixels 0..255): TF's detectors see x / 127.5 - 1
+    pixel_mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    pixel_std: tuple[float, float, float] = (127.5, 127.5, 127.5)
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
@@ -63,6 +66,8 @@ class SSDConfig:
         object.__setattr__(self, "image_size", size)
         object.__setattr__(self, "extra_depths", tuple(int(d) for d in self.extra_depths))
         object.__setattr__(self, "scale_factors", tuple(float(s) for s in self.scale_factors))
+        object.__setattr__(self, "pixel_mean", tuple(float(s) for s in self.pixel_mean))
+        object.__setattr__(self, "pixel_std", tuple(float(s) for s in self.pixel_std))
         if isinstance(self.anchors, dict):
             object.__setattr__(self, "anchors", AnchorConfig.from_dict(self.anchors))
         if isinstance(self.postprocess, dict):
