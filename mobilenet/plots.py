@@ -45,6 +45,9 @@ def plot_curves(history: Sequence[dict[str, Any]], out: str | Path, *, title: st
         if xs:
             axes[0].plot(xs, ys, marker="o", ms=3, label=label)
     axes[0].set(title="loss", xlabel="epoch")
+    losses = [r[k] for r in rows for k in ("train_loss", "val_loss") if r.get(k) is not None]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 50:  # early BN-statistics spikes dwarf the rest
+        axes[0].set_yscale("log")
     accuracy_series = (("train_acc", "train top-1"), ("val_top1", "validation top-1"), ("val_top5", "validation top-5"))
     for key, label in accuracy_series:
         xs, ys = series(key)
