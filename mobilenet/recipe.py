@@ -92,6 +92,7 @@ class TrainConfig:
     tensorboard: bool = _f(True, "log to TensorBoard when it is installed")
     curves: bool = _f(True, "save curves.png at the end (when matplotlib is installed)")
     max_steps: int = _f(0, "stop after this many optimiser steps in total (0: no limit)")
+    log_every_steps: int = _f(10, "read loss/accuracy back from the device every N steps (progress bar)")
 
     def __post_init__(self) -> None:
         def check(ok: bool, msg: str) -> None:
@@ -114,6 +115,7 @@ class TrainConfig:
         check(0 <= self.distill_alpha <= 1, f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
         check(self.distill_temperature > 0, f"distill_temperature must be > 0, got {self.distill_temperature}")
         check(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+        check(self.log_every_steps >= 1, f"log_every_steps must be >= 1, got {self.log_every_steps}")
         check(self.keep_last >= 1, f"keep_last must be >= 1, got {self.keep_last}")
         check(self.save_every_steps >= 0, f"save_every_steps must be >= 0, got {self.save_every_steps}")
         check(self.freeze_backbone_epochs >= 0,

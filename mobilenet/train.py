@@ -25,6 +25,7 @@ to an uninterrupted one on CPU (tested).
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import threading
@@ -211,6 +212,13 @@ class _Sums:
     def as_list(self) -> list[float]:
         return [self.loss, self.correct, self.count, self.seconds]
 
+    def fold(self, acc: torch.Tensor) -> None:
+        """Add device-side [loss x n, correct] sums (one host sync) and reset them."""
+        loss, correct = acc.tolist()
+        self.loss += loss
+        self.correct += correct
+        acc.zero_()
+
 
 def _autocast(device: torch.device, amp: str) -> Any:
     if amp == "none":
@@ -376,7 +384,11 @@ def train(
             loader_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
             t_epoch = time.perf_counter()
             micro = 0
-            step_loss = step_correct = step_count = 0.0
+            # Loss/accuracy accumulate on the device and are read back (a host sync) only on reporting
+            # steps, saves and the epoch end: a .item() per step would stall a fast GPU.
+            step_acc = torch.zeros(2, dtype=torch.float64, device=info.device)  # this step: [loss x n, correct]
+            epoch_acc = torch.zeros(2, dtype=torch.float64, device=info.device)  # not yet folded into sums
+            step_count = 0
             optimizer.zero_grad(set_to_none=True)
             for x, y in loader:
                 x = x.to(info.device, non_blocking=True)
@@ -396,8 +408,8 @@ def train(
                                 logits.float(), t_logits.float(), cfg.distill_temperature)
                     scaled = loss / cfg.accum_steps
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                step_loss += float(loss.detach()) * y.numel()
-                step_correct += float((logits.detach().argmax(1) == y).sum())
+                step_acc[0] += loss.detach().double() * y.numel()
+                step_acc[1] += (logits.detach().argmax(1) == y).sum()
                 step_count += y.numel()
                 micro += 1
                 if not last_micro:
@@ -421,18 +433,25 @@ def train(
                     ema.update(model)
                 progress.global_step += 1
                 progress.step_in_epoch += 1
-                sums.loss += step_loss
-                sums.correct += step_correct
+                epoch_acc += step_acc
                 sums.count += step_count
+                end_of_epoch = progress.step_in_epoch >= steps_per_epoch
+                report = (progress.global_step % cfg.log_every_steps == 0 or end_of_epoch
+                          or progress.step_in_epoch == 1)
+                step_loss, step_correct = step_acc.tolist() if report else (math.nan, math.nan)
                 elapsed = time.perf_counter() - t_epoch
                 yield {"event": "step", "epoch": epoch, "step": progress.step_in_epoch,
                        "steps_per_epoch": steps_per_epoch, "global_step": progress.global_step,
-                       "loss": step_loss / step_count, "acc": 100.0 * step_correct / step_count,
+                       "loss": step_loss / step_count if report else None,
+                       "acc": 100.0 * step_correct / step_count if report else None,
                        "lr": cfg.lr * mult,
                        "img_per_s": sums.count * info.world_size / max(sums.seconds + elapsed, 1e-9)}
-                step_loss = step_correct = step_count = 0.0
-                end_of_epoch = progress.step_in_epoch >= steps_per_epoch
-                if any_rank(stop.signal is not None, info.device):
+                step_acc.zero_()
+                step_count = 0
+                # Under DDP all ranks must agree to stop at the same step: that takes a collective, so it
+                # happens on reporting steps only (a signal is acted on within log_every_steps steps).
+                if (report or not info.distributed) and any_rank(stop.signal is not None, info.device):
+                    sums.fold(epoch_acc)
                     progress.epoch_sums = [sums.loss, sums.correct, sums.count, sums.seconds + elapsed]
                     path = save_now()
                     yield {"event": "interrupted", "signal": stop.signal or signal.SIGTERM,
@@ -444,9 +463,11 @@ def train(
                     done = True  # the epoch-end block below validates and saves
                     break
                 if cfg.save_every_steps and progress.global_step % cfg.save_every_steps == 0 and not end_of_epoch:
+                    sums.fold(epoch_acc)
                     progress.epoch_sums = [sums.loss, sums.correct, sums.count, sums.seconds + elapsed]
                     path = save_now()
                     yield {"event": "saved", "path": str(path) if path else None, "global_step": progress.global_step}
+            sums.fold(epoch_acc)
             sums.seconds += time.perf_counter() - t_epoch
 
             # epoch end: reduce train metrics over ranks, validate, save

@@ -72,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
                 if bar is None:
                     bar = tqdm(total=ev["steps_per_epoch"], initial=ev["step"] - 1, desc=f"epoch {ev['epoch'] + 1}",
                                unit="step", dynamic_ncols=True, leave=False, file=sys.stderr)
+                if ev["loss"] is not None:  # read back every log_every_steps steps
+                    bar.set_postfix(loss=f"{ev['loss']:.3f}", acc=f"{ev['acc']:.1f}%", lr=f"{ev['lr']:.2e}",
+                                    img_s=f"{ev['img_per_s']:.0f}", refresh=False)
                 bar.update(1)
-                bar.set_postfix(loss=f"{ev['loss']:.3f}", acc=f"{ev['acc']:.1f}%", lr=f"{ev['lr']:.2e}",
-                                img_s=f"{ev['img_per_s']:.0f}", refresh=False)
             elif kind == "epoch":
                 if bar is not None:
                     bar.close()
