@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning instead of plain PTQ")
     p.add_argument("--epochs", type=int, default=1, help="QAT epochs")
     p.add_argument("--train", default=None, help="labelled training data for --qat")
-    p.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate (SGD, cosine decay)")
+    p.add_argument("--lr", type=float, default=1e-4, help="QAT learning rate (Adam, cosine decay)")
     p.add_argument("--batch-size", type=int, default=32, help="QAT batch size")
     p.add_argument("--repeats", type=int, default=30, help="latency samples per model")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the timing (default: torch's)")

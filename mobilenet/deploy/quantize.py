@@ -90,12 +90,32 @@ def _input_size(model: MobileNetV1, calibration: list[torch.Tensor]) -> tuple[in
     return int(size[0]), int(size[1])
 
 
-def _qconfig_mapping(engine: str, *, qat: bool) -> Any:
-    from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+def has_vnni() -> bool:
+    """Whether this x86 CPU has VNNI int8 dot products (AVX512-VNNI or AVX-VNNI), read from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_vnni" in flags or " avx_vnni" in flags
+
+
+def _qconfig_mapping(engine: str, *, qat: bool, reduce_range: bool | None = None) -> Any:
+    from torch.ao.quantization import QConfig, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+    from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
 
     # Defaults for x86: per-channel symmetric int8 weights, uint8 activations (histogram observer for
     # PTQ, moving-average min/max with fake quantization for QAT).
-    return get_default_qat_qconfig_mapping(engine) if qat else get_default_qconfig_mapping(engine)
+    if qat:
+        return get_default_qat_qconfig_mapping(engine)
+    mapping = get_default_qconfig_mapping(engine)
+    # torch reduces activations to 7 bits on x86, which only CPUs without VNNI need (their u8 x s8
+    # dot product can saturate); on VNNI CPUs full 8-bit ranges keep more accuracy.
+    if reduce_range is None:
+        reduce_range = not has_vnni()
+    return mapping.set_global(QConfig(
+        activation=HistogramObserver.with_args(reduce_range=reduce_range),
+        weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)))
 
 
 def quantize_ptq(
@@ -103,6 +123,7 @@ def quantize_ptq(
     calibration: torch.Tensor | Iterable[torch.Tensor],
     *,
     engine: str = "x86",
+    reduce_range: bool | None = None,
     batch_size: int = 16,
     progress: bool = False,
 ) -> torch.fx.GraphModule:
@@ -110,6 +131,7 @@ def quantize_ptq(
 
     ``calibration``: a ``(N, C, H, W)`` tensor of preprocessed images (or an iterable of batches);
     its H x W is the input size the quantized model is built for. The float model is not changed.
+    ``reduce_range``: 7-bit activations (default: only on CPUs without VNNI, see :func:`has_vnni`).
     Returns a module ``(B, C, H, W) float -> (B, num_classes) float`` running int8 kernels inside.
     """
     if not isinstance(model, MobileNetV1):
@@ -120,7 +142,8 @@ def quantize_ptq(
     size = _input_size(model, batches)
     float_static = static_model(model, size)
     with quantized_engine(engine), _quiet_deprecations():
-        prepared = prepare_fx(float_static, _qconfig_mapping(engine, qat=False), (batches[0][:1],))
+        mapping = _qconfig_mapping(engine, qat=False, reduce_range=reduce_range)
+        prepared = prepare_fx(float_static, mapping, (batches[0][:1],))
         with torch.no_grad():
             for x in tqdm(batches, desc="calibrating", disable=not progress, leave=False):
                 prepared(x)
@@ -134,9 +157,8 @@ def quantize_qat(
     train_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
     *,
     epochs: int,
-    lr: float = 1e-3,
-    momentum: float = 0.9,
-    freeze_bn_after: int | None = None,
+    lr: float = 1e-4,
+    freeze_bn_after: int = 0,
     freeze_observers_after: int | None = None,
     engine: str = "x86",
     progress: bool = False,
@@ -144,28 +166,33 @@ def quantize_qat(
     """Quantization-aware fine-tuning: fake-quantized training for ``epochs`` epochs, then int8 conversion.
 
     ``train_batches()`` yields ``(images, labels)`` for one epoch (called once per epoch); labels are
-    indices of the model's outputs. SGD with cosine decay from ``lr``. BatchNorm statistics are frozen
-    after ``freeze_bn_after`` epochs and observers after ``freeze_observers_after`` (defaults: the last
-    epoch runs with both frozen, the usual recipe). The float model is not changed.
+    indices of the model's outputs. Adam at ``lr`` with cosine decay per epoch.
+
+    Recipe for fine-tuning a trained model: BatchNorm statistics frozen from the start
+    (``freeze_bn_after=0``: they are already right, and small-batch statistics would move them), and
+    observers frozen for the last epoch (``freeze_observers_after``, default ``epochs - 1``) so the
+    final epoch trains against the scales that will be used. (SGD at 1e-3 diverged in our test on a
+    small digits model, where Adam at 1e-4 gained accuracy.) The float model is not changed.
     """
     if not isinstance(model, MobileNetV1):
         raise TypeError(f"quantize_qat expects a MobileNetV1, got {type(model).__name__}")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    from torch.ao.quantization import disable_observer
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
     from torch.ao.nn.intrinsic.qat import freeze_bn_stats
+    from torch.ao.quantization import disable_observer
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
-    freeze_bn_after = max(epochs - 1, 1) if freeze_bn_after is None else freeze_bn_after
     freeze_observers_after = max(epochs - 1, 1) if freeze_observers_after is None else freeze_observers_after
-    first = next(iter(train_batches()))
+    first = next(iter(train_batches()), None)
+    if first is None:
+        raise ValueError("no training batches for QAT")
     example = first[0][:1]
     float_static = static_model(model, tuple(example.shape[-2:]))
     with quantized_engine(engine), _quiet_deprecations():
         prepared = prepare_qat_fx(float_static.train(), _qconfig_mapping(engine, qat=True), (example,))
-        params = [p for p in prepared.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
-        steps = 0
+        opt = torch.optim.Adam([p for p in prepared.parameters() if p.requires_grad], lr=lr)
         for epoch in range(epochs):
             prepared.train()
             if epoch >= freeze_bn_after:
@@ -180,7 +207,6 @@ def quantize_qat(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                steps += 1
         prepared.eval()
         quantized = convert_fx(prepared)
     quantized.quantized_engine = engine  # type: ignore[assignment]
