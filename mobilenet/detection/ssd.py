@@ -110,6 +110,11 @@ def _predictor(in_ch: int, out_ch: int, cfg: SSDConfig, bcfg: MobileNetConfig) -
     return nn.Conv2d(in_ch, out_ch, k, padding=k // 2, bias=True)
 
 
+def _in_channels(head: nn.Module) -> int:
+    first = next(m for m in head.modules() if isinstance(m, nn.Conv2d))
+    return first.in_channels
+
+
 def _flatten(x: torch.Tensor, per_anchor: int) -> torch.Tensor:
     """(B, a*k, H, W) predictor output -> (B, H*W*a, k): row, column, anchor order (as the anchors)."""
     b = x.shape[0]
@@ -144,6 +149,22 @@ class SSD(nn.Module):
                 if isinstance(m, nn.Conv2d) and m.bias is not None:  # the predictor convs
                     nn.init.trunc_normal_(m.weight, std=0.03, a=-0.06, b=0.06)
                     nn.init.zeros_(m.bias)
+
+    def reset_classes(self, num_classes: int) -> None:
+        """New class predictors for ``num_classes`` (fine-tuning, e.g. COCO -> VOC); boxes and features kept."""
+        from dataclasses import replace
+
+        self.config = replace(self.config, num_classes=num_classes)
+        bcfg = self.backbone.config
+        device = next(self.parameters()).device
+        in_chs = [_in_channels(h) for h in self.box_heads]
+        self.cls_heads = nn.ModuleList(
+            _predictor(c, a * (num_classes + 1), self.config, bcfg) for c, a in zip(in_chs, self.num_anchors)
+        ).to(device)
+        for m in self.cls_heads.modules():
+            if isinstance(m, nn.Conv2d) and m.bias is not None:
+                nn.init.trunc_normal_(m.weight, std=0.03, a=-0.06, b=0.06)
+                nn.init.zeros_(m.bias)
 
     def to_metadata(self) -> dict[str, Any]:
         """What ``mobilenet.checkpoint.save`` writes to rebuild this model."""
