@@ -37,7 +37,7 @@ class TrainConfig:
     model: str | None = _f(None, "named variant, e.g. mobilenet_v1_050_160 (sets width_mult and resolution)")
     width_mult: float = _f(1.0, "width multiplier alpha")
     resolution: int = _f(224, "training/eval input size in pixels")
-    preset: Literal["paper", "tf", "timm"] = _f("paper", "model preset (paper: ReLU; tf: ReLU6 + SAME padding; timm: ReLU6)")
+    preset: Literal["paper", "tf", "timm"] = _f("paper", "model preset (paper: ReLU; tf: ReLU6, SAME padding)")
     stem_stride: int = _f(2, "stride of the first conv (1 = small-image stem for 32x32 inputs)")
     dropout: float | None = _f(None, "dropout before the classifier (default: the preset's)")
     # data
