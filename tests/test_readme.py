@@ -1,0 +1,28 @@
+"""The README's deterministic tables are command output, not typed numbers: re-run each command and compare.
+
+Blocks marked ``<!-- generated: mobilenet ... -->`` must equal the command's output today; measured results
+(timings, accuracies) are marked ``<!-- measured: ... -->`` instead and are not re-run here.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+
+from conftest import REPO
+from mobilenet.cli import main
+
+BLOCK = re.compile(r"<!-- generated: (mobilenet [^>]*?) -->\n(.*?)\n<!-- end generated -->", re.S)
+BLOCKS = BLOCK.findall((REPO / "README.md").read_text())
+
+
+def test_readme_has_generated_blocks() -> None:
+    assert BLOCKS, "README.md lost its generated tables"
+
+
+@pytest.mark.parametrize(("command", "text"), BLOCKS, ids=[c for c, _ in BLOCKS])
+def test_generated_block_is_current(command: str, text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(shlex.split(command)[1:]) == 0
+    assert capsys.readouterr().out.strip() == text.strip(), f"README is stale: re-run `{command}` and paste"
