@@ -97,7 +97,7 @@ def test_tf_preset_quantizes_with_frozen_padding(tmp_path):
         model(torch.randn(16, 3, 64, 64))
     model.eval()
     calib = torch.randn(8, 3, 64, 64)
-    q = quantize_ptq(model, calib)
+    q = quantize_ptq(model, calib, observer="minmax")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref, out = model(x), q(x)
@@ -117,6 +117,8 @@ def test_quantize_rejects_bad_calibration():
         quantize_ptq(model, [torch.randn(1, 3, 64, 64), torch.randn(1, 3, 32, 32)])
     with pytest.raises(ValueError, match="engine"):
         quantize_ptq(model, torch.randn(1, 3, 64, 64), engine="arm")
+    with pytest.raises(ValueError, match="observer"):
+        quantize_ptq(model, torch.randn(1, 3, 64, 64), observer="mse")
     with pytest.raises(TypeError, match="MobileNetV1"):
         quantize_ptq(nn.Linear(2, 2), torch.randn(1, 3, 64, 64))  # type: ignore[arg-type]
 
@@ -146,7 +148,7 @@ def test_cli_quantize_report(digits_model, tmp_path, capsys):
     model = digits_model[0]
     src = mobilenet.save(model, tmp_path / "m.safetensors", class_names=[str(d) for d in range(10)], preprocessing=PRE)
     out = tmp_path / "q.pt"
-    rc = main(["quantize", str(src), "--calib", "digits#train", "--num-calib", "40", "-o", str(out),
+    rc = main(["quantize", str(src), "--calib", "digits#train", "--num-calib", "40", "-o", str(out), "--observer", "minmax",
                "--eval", "digits#test", "--num-eval", "120", "--repeats", "3", "--json", str(tmp_path / "r.json")])
     assert rc == 0, capsys.readouterr().err
     text = capsys.readouterr().out
