@@ -46,6 +46,16 @@ def _label_names(model: nn.Module, num_outputs: int) -> list[str]:
     return [str(i) for i in range(num_outputs)]
 
 
+def _readable_names(model: nn.Module, num_outputs: int) -> list[str] | None:
+    """Human-readable class names (``extra["class_labels"]``, set by the importers: "tench, Tinca tinca"
+    beside the id ``n01440764``), or None when the weights carry none for every output."""
+    meta = getattr(model, "weights_metadata", None) or {}
+    labels = (meta.get("extra") or {}).get("class_labels")
+    if isinstance(labels, list) and len(labels) == num_outputs:
+        return [str(x) for x in labels]
+    return None
+
+
 def model_preprocessing(model: nn.Module) -> Preprocessing:
     """The preprocessing stored with the model's weights, else ImageNet's at the model's resolution."""
     meta = getattr(model, "weights_metadata", None) or {}
@@ -67,6 +77,9 @@ def predict(
 ) -> list[dict[str, Any]]:
     """Top-k predictions per image: ``[{"path", "top": [{"label", "index", "prob"}, ...]}, ...]``.
 
+    ``label`` is the class id stored with the weights (e.g. a WordNet id); when the weights also carry
+    human-readable names (``extra["class_labels"]``), each entry has ``name`` too ("tench, Tinca tinca").
+
     The model runs in eval mode; an unreadable image gets ``{"path", "error"}`` instead of stopping
     the others.
     """
@@ -84,11 +97,16 @@ def predict(
         x = torch.stack([t for _, t in pending]).to(device)
         probs = model(x).float().softmax(dim=1)
         names = _label_names(model, probs.shape[1])
+        readable = _readable_names(model, probs.shape[1])
         k = min(topk, probs.shape[1])
         p, idx = probs.topk(k, dim=1)
         for row, (slot, _) in enumerate(pending):
-            results[slot]["top"] = [{"label": names[int(i)], "index": int(i), "prob": float(q)}
-                                    for q, i in zip(p[row], idx[row], strict=True)]
+            top = [{"label": names[int(i)], "index": int(i), "prob": float(q)}
+                   for q, i in zip(p[row], idx[row], strict=True)]
+            if readable is not None:
+                for t in top:
+                    t["name"] = readable[t["index"]]
+            results[slot]["top"] = top
         pending.clear()
 
     for path in images:

@@ -2,18 +2,26 @@
 
 The data's class folders are matched by name to the class list stored with the weights, so a
 folder holding only some of the classes (e.g. a few ImageNet WordNet ids) is scored against the
-right outputs. BatchNorm runs in eval mode. Examples::
+right outputs. A flat folder of images is labelled by ``--labels FILE`` (``<file name> <label>``
+lines; label: a class name such as a WordNet id, or an index into the weights' class list) or by
+``--labels from-filename`` (``n01440764_tench.JPEG`` -> ``n01440764``); labels are matched by name,
+so 1001-way TF models (``background`` first) need no offset. Files listed but missing and images
+without a label are reported (count and names), not fatal. BatchNorm runs in eval mode. Examples::
 
     mobilenet eval --weights runs/digits/best.safetensors --data digits#test
     mobilenet eval --weights w.safetensors --data val/ --format json --confusion
+    mobilenet eval --weights w.safetensors --data ILSVRC2012_img_val/ --labels val_labels.txt
+    mobilenet eval --weights w.safetensors --data imagenet/images --labels from-filename
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import warnings
 
 NAME = "eval"
+MAX_SKIPPED_SHOWN = 20  # text output; JSON lists every skipped file
 HELP = "evaluate a weights file on an image folder/archive: top-1, top-5, loss, per-class accuracy"
 DESCRIPTION = __doc__
 
@@ -22,12 +30,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help="weights file (.safetensors written by mobilenet)")
     p.add_argument("--data", required=True,
                    help="labelled images: folder of class folders, .zip, .tar, cifar10:<path>#test, digits#test")
+    p.add_argument("--labels", metavar="FILE|from-filename",
+                   help="label a flat folder of images: a file of '<file name> <label>' lines, or from-filename "
+                        "(the file-name prefix before the first '_', e.g. n01440764_tench.JPEG)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     p.add_argument("--confusion", action="store_true", help="include the confusion matrix")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
+
+
+def _drop_empty_classes(res: dict) -> None:
+    """Keep only classes with images in ``per_class`` (and the confusion rows): a flat folder's dataset
+    classes are the weights' whole class list (1000+), most of them absent from a small labelled set."""
+    keep = [i for i, row in enumerate(res["per_class"].values()) if row["count"]]
+    res["per_class"] = {name: row for name, row in res["per_class"].items() if row["count"]}
+    if "confusion" in res:
+        res["confusion"] = [res["confusion"][i] for i in keep]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,17 +65,34 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.weights, map_location=device)
     meta = model.weights_metadata
     pre = model_preprocessing(model)
-    ds = open_image_dataset(args.data, transform=eval_transform(pre))
+    if args.labels is None:
+        ds = open_image_dataset(args.data, transform=eval_transform(pre))
+    else:
+        with warnings.catch_warnings():  # the skipped files are reported below, with every name
+            warnings.simplefilter("ignore")
+            # labels resolve against the weights' class list: names first, integers as indices into it
+            ds = open_image_dataset(args.data, transform=eval_transform(pre), labels=args.labels,
+                                    class_names=meta.get("class_names"))
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers,
                                          pin_memory=device.type == "cuda")
     res = evaluate(model, loader, device=device, class_names=meta.get("class_names"),
                    dataset_classes=ds.class_names, confusion=args.confusion, amp=args.amp)
-    res = {"weights": str(args.weights), "data": str(args.data), **res}
+    if args.labels is not None:
+        _drop_empty_classes(res)
+    skipped = [{"name": name, "reason": reason} for name, reason in getattr(ds, "skipped", [])]
+    res = {"weights": str(args.weights), "data": str(args.data), "labels": args.labels, **res,
+           "skipped_count": len(skipped), "skipped": skipped}
     if args.format == "json":
         print(json.dumps(res, indent=2))
         return 0
     print(f"{args.weights} on {args.data}: {res['count']} images")
     print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}")
+    if skipped:
+        print(f"skipped {len(skipped)} file(s):")
+        for row in skipped[:MAX_SKIPPED_SHOWN]:
+            print(f"  {row['name']}: {row['reason']}")
+        if len(skipped) > MAX_SKIPPED_SHOWN:
+            print(f"  ... and {len(skipped) - MAX_SKIPPED_SHOWN} more (--format json lists them all)")
     print(f"{'class':<24} {'images':>7} {'top-1 %':>8}")
     for name, row in res["per_class"].items():
         acc = f"{row['top1']:.2f}" if row["top1"] is not None else "-"

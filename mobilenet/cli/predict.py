@@ -4,6 +4,9 @@ Examples::
 
     mobilenet predict photo.jpg --weights runs/digits/best.safetensors
     mobilenet predict 'images/*.png' --weights w.safetensors --topk 3 --format csv
+
+Imported ImageNet weights carry human-readable names beside the class ids; they are printed too
+(text: ``n01440764 (tench) 91.2%``; json: a ``name`` key; csv: a ``name`` column).
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
 
+def _shown(top: dict) -> str:
+    """``n01440764 (tench)``: the id and the first of its readable synonyms, or the id alone."""
+    if "name" not in top:
+        return str(top["label"])
+    return f"{top['label']} ({top['name'].split(',')[0].strip()})"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
     from ..distributed import resolve_device
@@ -44,18 +54,20 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     elif args.format == "csv":
         w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(["path", "rank", "label", "index", "prob"])
+        named = any("name" in t for r in results for t in r.get("top", []))
+        w.writerow(["path", "rank", "label", "index", "prob"] + (["name"] if named else []))
         for r in results:
             if "error" in r:
-                w.writerow([r["path"], "", "", "", ""])
+                w.writerow([r["path"], "", "", "", ""] + ([""] if named else []))
             for rank, t in enumerate(r.get("top", []), 1):
-                w.writerow([r["path"], rank, t["label"], t["index"], f"{t['prob']:.6f}"])
+                w.writerow([r["path"], rank, t["label"], t["index"], f"{t['prob']:.6f}"]
+                           + ([t.get("name", "")] if named else []))
     else:
         for r in results:
             if "error" in r:
                 print(f"{r['path']}: {r['error']}")
                 continue
-            tops = ", ".join(f"{t['label']} {100 * t['prob']:.1f}%" for t in r["top"])
+            tops = ", ".join(f"{_shown(t)} {100 * t['prob']:.1f}%" for t in r["top"])
             print(f"{r['path']}: {tops}")
     errors = sum("error" in r for r in results)
     if errors:

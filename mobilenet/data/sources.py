@@ -8,6 +8,8 @@ source                                what it opens
 ``cifar10:PATH`` (``#train``/``#test``)  official ``cifar-10-python.tar.gz``, its extracted folder, or a folder
                                       holding ``train.zip``/``test.zip``; ``cifar10`` alone: the cache (download)
 ``digits`` (``#train``/``#test``)     the bundled handwritten digits (offline, see ``mobilenet.data.digits``)
+``path/to/flat`` + ``labels=FILE``    a flat folder of images labelled by ``FILE`` (``<file> <label>`` lines) or
+                                      by ``labels="from-filename"`` (``n01440764_tench.JPEG``; see ``.flat``)
 ====================================  =======================================================================
 """
 
@@ -21,6 +23,7 @@ from .archive import archive_kind, open_archive
 from .cifar10 import open_cifar10
 from .dataset import ImageDataset, Transform
 from .digits import open_digits
+from .flat import FROM_FILENAME, open_flat_folder
 from .folder import open_folder
 
 
@@ -42,7 +45,8 @@ def _check_class_names(ds: ImageDataset, class_names: Sequence[str] | None, sour
 
 
 def open_image_dataset(source: str | os.PathLike[str], transform: Transform | None = None,
-                       class_names: Sequence[str] | None = None, *, check: str = "quick") -> ImageDataset:
+                       class_names: Sequence[str] | None = None, *, check: str = "quick",
+                       labels: str | os.PathLike[str] | None = None) -> ImageDataset:
     """Open the dataset named by ``source`` (see the module docstring for the forms).
 
     Returns a ``torch.utils.data.Dataset``: ``ds[i] -> (transform(image), label)``, ``image`` an RGB PIL image
@@ -55,8 +59,23 @@ def open_image_dataset(source: str | os.PathLike[str], transform: Transform | No
             folders missing from it are an error naming them.
         check: scan-time validation of folders and archives: ``"quick"`` (first/last bytes of every file) or
             ``"none"`` (fastest start on huge, trusted folders; bad files are still replaced at load time).
+        labels: label a flat folder of images instead of reading class folders: a labels file of
+            ``<file name> <label>`` lines (label: a class name or an integer index into ``class_names``) or
+            ``"from-filename"`` (the prefix before the first ``_``). Labels are resolved against ``class_names``
+            by name, so a 1001-way list starting with ``background`` needs no offset. Missing, unlabelled and
+            unknown entries are left out and listed in ``ds.skipped`` (see ``mobilenet.data.flat``).
     """
     text = os.fspath(source)
+    if labels is not None:
+        path = Path(text).expanduser()
+        if not path.is_dir():
+            what = "a file" if path.is_file() else "not found"
+            raise (ValueError if path.exists() else FileNotFoundError)(
+                f"labels={os.fspath(labels)!r} needs a folder of images, but {text} is {what}")
+        if os.fspath(labels) != FROM_FILENAME and not Path(labels).is_file():
+            raise FileNotFoundError(f"labels file not found: {os.fspath(labels)} (or use labels={FROM_FILENAME!r} "
+                                    "to take each label from the file-name prefix before the first '_')")
+        return open_flat_folder(path, labels, transform=transform, class_names=class_names, check=check)
     if text.startswith("digits") and not Path(text).exists():
         body, split = _split_fragment(text, ("train", "test"), "all")
         if body != "digits":
