@@ -54,6 +54,9 @@ class SSDConfig:
     # input normalisation (pixels 0..255): TF's detectors see x / 127.5 - 1
     pixel_mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
     pixel_std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    # True: the anchors for ``image_size`` are a buffer in the weights (``anchor_table``), e.g. the
+    # uint8-quantized constant of an imported detect.tflite, which its box predictors were run with
+    anchors_in_weights: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
@@ -144,6 +147,9 @@ class SSD(nn.Module):
             _predictor(c, a * (cfg.num_classes + 1), cfg, bcfg) for c, a in zip(in_chs, self.num_anchors))
         self.coder = BoxCoder(cfg.scale_factors)
         self._anchor_cache: dict[tuple[Any, ...], torch.Tensor] = {}
+        if cfg.anchors_in_weights:
+            n = sum(h * w * a for (h, w), a in zip(self.feature_sizes(cfg.image_size), self.num_anchors))
+            self.register_buffer("anchor_table", torch.zeros(n, 4))  # (A, 4) cx, cy, w, h
         for head in [*self.box_heads, *self.cls_heads]:
             for m in head.modules():
                 if isinstance(m, nn.Conv2d) and m.bias is not None:  # the predictor convs
@@ -196,9 +202,12 @@ class SSD(nn.Module):
         """(height, width) of each feature map for an input of ``image_size``."""
         key = ("sizes", tuple(image_size))
         if key not in self._anchor_cache:
+            was_training = self.training
+            self.eval()  # a probe must not touch BatchNorm statistics (nor fail on 1x1 maps in training mode)
             with torch.no_grad():
                 p = next(self.parameters())
                 feats = self.feature_maps(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
+            self.train(was_training)
             self._anchor_cache[key] = torch.tensor([f.shape[-2:] for f in feats])
         return [tuple(s) for s in self._anchor_cache[key].tolist()]
 
@@ -207,6 +216,8 @@ class SSD(nn.Module):
         """(A, 4) normalised cx, cy, w, h anchors for inputs of ``image_size`` (default: the config's)."""
         image_size = tuple(image_size or self.config.image_size)
         device = device or next(self.parameters()).device
+        if self.config.anchors_in_weights and image_size == self.config.image_size:
+            return self.anchor_table.to(device)
         key = ("anchors", image_size, str(device))
         if key not in self._anchor_cache:
             self._anchor_cache[key] = generate_anchors(self.config.anchors, self.feature_sizes(image_size),

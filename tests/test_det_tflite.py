@@ -1,0 +1,93 @@
+"""The COCO SSD imported from TF Lite's detect.tflite reproduces the TF Lite interpreter's detections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobilenet.convert.tflite_format import read_tflite
+from mobilenet.detection.anchors import generate_anchors
+from mobilenet.detection.boxes import box_iou
+from mobilenet.detection.tflite_import import file_anchors, import_detect_tflite, read_labelmap
+from tests.conftest import shared_file
+
+pytestmark = pytest.mark.realdata
+
+
+@pytest.fixture(scope="module")
+def detect_path():
+    return shared_file("weights", "tflite", "detect.tflite")
+
+
+@pytest.fixture(scope="module")
+def model(detect_path):
+    return import_detect_tflite(detect_path)
+
+
+def test_import_reads_config_from_the_file(model, detect_path):
+    cfg = model.config
+    assert cfg.width_mult == 0.75 and cfg.num_classes == 90 and cfg.image_size == (300, 300)
+    assert cfg.scale_factors == (10.0, 10.0, 5.0, 5.0)
+    assert cfg.postprocess.nms_mode == "class_agnostic" and cfg.postprocess.score_fn == "sigmoid"
+    assert cfg.postprocess.max_detections == 10 and cfg.postprocess.iou_threshold == pytest.approx(0.6)
+    names = model.weights_metadata["class_names"]
+    assert len(names) == 90 and names[0] == "person" and names[17] == "dog"
+    assert read_labelmap(detect_path.parent / "labelmap.txt", 90) == names
+
+
+def test_regenerated_anchors_equal_the_files_constant(model, detect_path):
+    ours = generate_anchors(model.config.anchors, model.feature_sizes((300, 300)), (300, 300))
+    theirs = file_anchors(read_tflite(detect_path))
+    assert torch.equal(model.anchors(), theirs)  # the model runs with the file's (quantized) anchors
+    assert ours.shape == theirs.shape == (1917, 4)
+    # the file stores uint8 anchors: equal to within half a quantization step (scale 0.00645)
+    assert (ours - theirs).abs().max() < 0.0033
+
+
+def test_not_a_detector_is_rejected():
+    with pytest.raises(ValueError, match="TFLite_Detection_PostProcess"):
+        import_detect_tflite(shared_file("weights", "tflite", "mobilenet_v1_0.25_128_quant.tflite"))
+
+
+def _photos():
+    folders = [("imagenet", "images"), ("detection", "voc", "VOCdevkit", "VOC2012", "JPEGImages"),
+               ("detection", "kitti", "training", "image_2")]
+    files = []
+    for parts in folders:
+        files += sorted(p for p in shared_file(*parts).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[:12]
+    return files
+
+
+@pytest.mark.slow
+def test_parity_with_the_tflite_interpreter(model, detect_path):
+    litert = pytest.importorskip("ai_edge_litert.interpreter", reason="parity needs ai-edge-litert")
+    it = litert.Interpreter(model_path=str(detect_path), num_threads=1)
+    it.allocate_tensors()
+    inp, outs = it.get_input_details()[0], it.get_output_details()
+    torch.set_num_threads(1)
+    refs = matched = 0
+    misses = []
+    for path in _photos():
+        pixels = np.asarray(Image.open(path).convert("RGB").resize((300, 300), Image.BILINEAR))
+        it.set_tensor(inp["index"], pixels[None])
+        it.invoke()
+        boxes, classes, scores, count = (it.get_tensor(d["index"])[0] for d in outs)
+        x = (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()[None] - 128) / 128
+        ours = model.detect(x)[0]
+        for i in range(int(count)):
+            if scores[i] < 0.5:
+                continue
+            refs += 1
+            ref_box = torch.tensor(boxes[i][[1, 0, 3, 2]])[None]  # TF: ymin, xmin, ymax, xmax
+            iou = box_iou(ref_box, ours.boxes)[0] * (ours.labels == int(classes[i]))
+            j = int(iou.argmax()) if iou.numel() else -1
+            if j >= 0 and iou[j] >= 0.9 and abs(float(ours.scores[j]) - float(scores[i])) <= 0.05:
+                matched += 1
+            else:
+                misses.append((path.name, int(classes[i]), float(scores[i])))
+    assert refs >= 20, f"too few reference detections to judge parity ({refs})"
+    # uint8 activations in TF Lite vs float here: two near-tied anchors can swap places in NMS;
+    # everything else must agree (same label, IoU >= 0.9, score within 0.05)
+    assert matched / refs >= 0.95, (matched, refs, misses)
