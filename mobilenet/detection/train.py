@@ -113,6 +113,12 @@ def train_detector(
     state = Progress()
     found = find_resume(resume, run_dir)
     if found is not None:
+        import json
+
+        saved = json.loads((found / "state.json").read_text()).get("config", {}).get("train", {})
+        if saved.get("optimizer", cfg.optimizer) != cfg.optimizer:
+            raise ValueError(f"cannot resume {found}: it was trained with optimizer {saved['optimizer']!r}, "
+                             f"this run asks for {cfg.optimizer!r}")
         state = load_state(found, model=model, optimizer=opt, map_location=device)
         log(f"resumed from {found} (epoch {state.epoch}, step {state.global_step})")
     names = train_set.class_names

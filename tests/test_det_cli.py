@@ -1,0 +1,88 @@
+"""`mobilenet detect train|eval|predict|convert|export` end to end on a tiny generated set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mobilenet.cli import main
+from mobilenet.detection.synthetic import SHAPE_CLASSES, make_shapes_voc
+from tests.conftest import shared_file
+
+CLASSES = ",".join(SHAPE_CLASSES)
+
+
+@pytest.fixture
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_train_eval_predict_round_trip(tmp_path, capsys, one_thread):
+    data = make_shapes_voc(tmp_path / "shapes", num_train=16, num_test=4, image_size=64, seed=2)
+    run = tmp_path / "run"
+    assert main(["detect", "train", "--data", str(data), "--classes", CLASSES, "--val-split", "test",
+                 "--width-mult", "0.25", "--image-size", "64", "--epochs", "2", "--batch-size", "8",
+                 "--optimizer", "adamw", "--lr", "1e-3", "--out", str(run), "--workers", "0", "--no-progress",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch=2" in out and "map=" in out and (run / "final.safetensors").is_file()
+    assert len(json.loads((run / "history.json").read_text())) == 2
+    weights = str(run / "final.safetensors")
+
+    metrics = tmp_path / "m.json"
+    assert main(["detect", "eval", "--weights", weights, "--data", str(data), "--classes", CLASSES,
+                 "--split", "test", "--json", str(metrics), "--device", "cpu"]) == 0
+    assert "voc mAP:" in capsys.readouterr().out
+    scored = json.loads(metrics.read_text())
+    assert set(scored["per_class"]) == set(SHAPE_CLASSES)
+
+    pics = tmp_path / "pics"
+    images = data / "JPEGImages"
+    test_images = [str(images / f"{i}.png") for i in (data / "ImageSets/Main/test.txt").read_text().split()]
+    assert main(["detect", "predict", *test_images, "--weights", weights, "--out", str(pics), "--format", "json",
+                 "--score-threshold", "0.0", "--device", "cpu"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 4 and all(r["detections"] for r in results)
+    d = results[0]["detections"][0]
+    assert set(d) == {"box", "score", "label", "class_id"} and d["label"] in SHAPE_CLASSES
+    assert len(list(pics.glob("*.jpg"))) == 4 and (pics / "detections.json").is_file()
+
+    # scoring saved predictions gives the same mAP as evaluating the model (same detections, rounded)
+    metrics2 = tmp_path / "m2.json"
+    assert main(["detect", "eval", "--predictions", str(pics / "detections.json"), "--data", str(data),
+                 "--classes", CLASSES, "--split", "test", "--json", str(metrics2)]) == 0
+    assert json.loads(metrics2.read_text())["map"] == pytest.approx(scored["map"], abs=0.02)
+
+    # resume continues the same run
+    assert main(["detect", "train", "--data", str(data), "--classes", CLASSES, "--width-mult", "0.25",
+                 "--image-size", "64", "--epochs", "3", "--batch-size", "8", "--optimizer", "adamw", "--out", str(run),
+                 "--resume", "auto",
+                 "--workers", "0", "--no-progress", "--device", "cpu"]) == 0
+    assert "resumed" in capsys.readouterr().out
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
+    assert main(["detect", "eval", "--weights", "x.safetensors", "--data", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "VOC folder not found" in err
+    assert main(["detect", "predict", str(tmp_path / "missing.jpg"), "--weights", "w.safetensors"]) == 2
+    assert "image not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["detect"])  # a subcommand is required
+
+
+@pytest.mark.realdata
+def test_convert_and_predict_with_the_tflite_detector(tmp_path, capsys):
+    src = shared_file("weights", "tflite", "detect.tflite")
+    photo = shared_file("detection", "voc", "VOCdevkit", "VOC2012", "JPEGImages", "2007_000039.jpg")
+    out = tmp_path / "coco_ssd.safetensors"
+    assert main(["detect", "convert", str(src), "--out", str(out)]) == 0
+    assert main(["detect", "predict", str(photo), "--weights", str(out), "--format", "json",
+                 "--score-threshold", "0.5", "--device", "cpu"]) == 0
+    dets = json.loads(capsys.readouterr().out.split("\n", 1)[1])[0]["detections"]
+    assert {"tv", "keyboard"} <= {d["label"] for d in dets}  # a monitor and keyboard on a desk
