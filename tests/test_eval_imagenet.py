@@ -100,6 +100,10 @@ def test_index_flat_resolves_names_and_indices_against_a_1001_list_and_reports_e
     assert "listed at val.csv:7 but missing from the folder" in reasons[1]
     assert "not listed in val.csv" in reasons[2]
     assert "'n09999999' is not among the 5 classes" in reasons[3] and "outside the 5 classes" in reasons[4]
+    # a 0-based index (Caffe's val.txt) against a 1001-way list would be off by one: 0 is reported, not scored
+    labels.write_text("v1.JPEG 0\nv2.JPEG 2\n")
+    samples, _, skipped = index_flat(["v1.JPEG", "v2.JPEG"], labels, CLASSES_1001)
+    assert samples == [("v2.JPEG", 2)] and "label 0 is 'background'" in skipped[0][1]
 
 
 def test_index_flat_without_a_class_list_uses_the_labels(tmp_path):

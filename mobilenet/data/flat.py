@@ -11,7 +11,8 @@ Two ways to label the images:
 
 Labels are resolved against ``class_names`` (the list stored with a weights file) by name first, so a 1001-way
 TF model whose list starts with ``background`` gets ``n01440764`` at index 1 without any offset arithmetic;
-an integer label is an index into that same list (so index 0 is ``background`` for such a model: prefer names).
+an integer label is an index into that same list (so class i of the 1000 is index i+1 for such a model, and a
+label 0, ``background``, is reported as a likely 0-based index rather than scored: prefer names).
 Without ``class_names`` the classes are the sorted distinct labels (or ``"0" .. "max"`` when every label is an
 integer).
 
@@ -32,6 +33,7 @@ from .decode import has_image_extension
 from .folder import FolderReader, _hidden, check_samples
 
 FROM_FILENAME = "from-filename"
+BACKGROUND = "background"  # entry 0 of TF-slim/TF Lite 1001-way class lists
 _SEPARATORS = re.compile(r"[,\s]+")
 
 
@@ -89,6 +91,11 @@ class _LabelResolver:
             return label, None
         if re.fullmatch(r"[+-]?\d+", label):
             i = int(label)
+            if self.names[0] == BACKGROUND and i == 0:
+                # Nothing in ImageNet is labelled background: a 0 here is almost surely a 0-based index into the
+                # 1000 classes (Caffe's val.txt), which would be off by one against this 1001-way list.
+                return None, (f"label 0 is {BACKGROUND!r} in this {len(self.names)}-class list: integer labels "
+                              "index the weights' class list (class i of 1000 is i+1 here); write WordNet ids")
             if 0 <= i < len(self.names):
                 return self.names[i], None
             return None, f"label index {i} outside the {len(self.names)} classes"
