@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--warmup-epochs", type=float, default=1.0)
     t.add_argument("--loss", choices=("softmax", "focal"), default="softmax", help="classification loss")
     t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed (automatic when "
+                   "--weights is an imported .tflite, whose BN is folded)")
     t.add_argument("--metric", choices=("voc", "voc07", "kitti", "coco"), help="default: kitti for KITTI, else voc")
     t.add_argument("--eval-every", type=int, default=1)
     t.add_argument("--out", required=True, help="run folder (states, best/final weights, history.json)")
@@ -160,6 +162,11 @@ def _print_metrics(r: dict[str, Any]) -> None:
     print(f"{r['metric']} mAP: {r['map']:.4f}")
 
 
+def _folded_bn(model: Any) -> bool:
+    meta = getattr(model, "weights_metadata", None) or {}
+    return (meta.get("extra") or {}).get("format") == "tflite"
+
+
 def _train(args: argparse.Namespace) -> int:
     import torch
 
@@ -186,7 +193,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg = DetTrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, classification=args.loss,
                          augment=not args.no_augment, metric=metric, eval_every=args.eval_every,
-                         workers=args.workers, seed=args.seed, device=args.device)
+                         workers=args.workers, seed=args.seed, device=args.device,
+                         freeze_bn=args.freeze_bn or _folded_bn(model))
     model.train()
     r = train_detector(model, train_set, val_set, cfg, args.out, resume=args.resume, progress=not args.no_progress,
                        log=lambda s: print(s, flush=True))

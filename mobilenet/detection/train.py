@@ -52,6 +52,9 @@ class DetTrainConfig:
     seed: int = 0
     device: str = "auto"
     grad_clip: float = 10.0  # NaN-safe: big early gradients from the box term are clipped
+    # Keep BatchNorm in eval mode (running statistics, no updates). Needed when fine-tuning weights whose
+    # BN was folded away (an imported .tflite: BN is identity + bias), and with small batches.
+    freeze_bn: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +130,10 @@ def train_detector(
         if isinstance(sampler, torch.utils.data.DistributedSampler):
             sampler.set_epoch(epoch)
         net.train()
+        if cfg.freeze_bn:
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         sums = {"loss": 0.0, "box": 0.0, "cls": 0.0, "n": 0}
         t0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and info.is_main), leave=False)
