@@ -72,9 +72,14 @@ def test_ptq_int8_stays_close_to_float(digits_model):
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
     assert _top1(out, yte) >= _top1(ref, yte) - 5
     # per-channel int8 weights in the graph
-    convs = [m for m in q.modules() if type(m).__module__.startswith("torch.ao.nn.quantized") and hasattr(m, "weight")
-             and callable(m.weight)]
-    assert convs and all(c.weight().qscheme() == torch.per_channel_symmetric for c in convs if c.weight().dim() == 4)
+    convs = [m for m in q.modules() if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic"))
+             and callable(getattr(m, "weight", None))]
+    assert len(convs) == 27  # stem + 13 x (dw, pw), each fused with its ReLU
+    for c in convs:  # per-channel, symmetric (packed weights report "affine" with zero points all 0)
+        w = c.weight()
+        assert w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+        assert w.q_per_channel_zero_points().eq(0).all() and w.q_per_channel_scales().numel() == w.shape[0]
+    assert isinstance(q.classifier, nn.Linear)  # kept in float
     # the float model is untouched
     assert isinstance(model.stem.bn, nn.BatchNorm2d)
 
@@ -103,6 +108,9 @@ def test_tf_preset_quantizes_with_frozen_padding(tmp_path):
         ref, out = model(x), q(x)
     assert out.shape == (2, 5)
     assert (out - ref).abs().max() <= 0.1 * ref.abs().max() + 1e-3
+    # ReLU6 became a fused ReLU whose output range is capped at 6 (uint8 saturation = the clamp)
+    fused = [m for m in q.modules() if type(m).__name__ == "ConvReLU2d"]
+    assert len(fused) == 27 and all(m.scale * (255 - m.zero_point) <= 6.0 + 1e-6 for m in fused)
     path = save_quantized(q, tmp_path / "q.pt", x[:1], metadata=model_metadata(model))
     loaded, meta = load_quantized(path)
     assert torch.equal(loaded(x), q(x))

@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                    help="int8 runtime (default: from the output suffix, .onnx -> onnxruntime)")
     p.add_argument("--engine", choices=("x86", "fbgemm", "onednn"), default="x86", help="torch int8 kernels")
-    p.add_argument("--observer", choices=("histogram", "minmax"), default="histogram",
-                   help="activation range estimation for PTQ (histogram: more accurate, slower)")
+    p.add_argument("--observer", choices=("histogram", "minmax"), default="minmax",
+                   help="activation range estimation for PTQ (histogram: searches a clipping range, slower)")
     p.add_argument("--eval", default=None, help="labelled images for top-1 before/after (folder or dataset)")
     p.add_argument("--num-eval", type=int, default=None, help="evaluation images to use (default: all)")
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning instead of plain PTQ")
