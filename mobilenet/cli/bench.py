@@ -1,4 +1,4 @@
-"""`mobilenet bench`: the time table (device x pass x variant) or, with --grid, latency vs accuracy of all 16 variants."""
+"""`mobilenet bench`: the time table (device x pass x variant), or with --grid latency vs accuracy of 16 variants."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("model", nargs="?", default="mobilenet_v1_100_224",
                    help="model name (random weights) or weights file (default: mobilenet_v1_100_224)")
-    p.add_argument("--preset", choices=("paper", "tf"), default=None, help="preset for a model name")
+    p.add_argument("--preset", choices=("paper", "tf", "timm"), default=None, help="preset for a model name")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", type=_csv(("cpu", "cuda")), default=["cpu", "cuda"], help="cpu,cuda (default both)")
     p.add_argument("--pass", dest="passes", type=_csv(("forward", "forward-backward")),
@@ -79,7 +79,8 @@ def _grid(args: argparse.Namespace) -> int:
             print(f"\nmost accurate within {given}: {pick.name} (top-1 {pick.top1:.1f}%, {pick.median_ms:.2f} ms, "
                   f"{pick.macs_m:.0f}M MACs, {pick.params_m:.2f}M params)")
     if args.plot:
-        print(f"plot: {plot_grid(rows, args.plot, title=f'MobileNet v1 on this CPU ({args.grid_variant}, batch {args.batch_size})')}")
+        title = f"MobileNet v1 on this CPU ({args.grid_variant}, batch {args.batch_size})"
+        print(f"plot: {plot_grid(rows, args.plot, title=title)}")
     if args.out:
         with atomic_write(args.out, "w") as f:
             json.dump(payload, f, indent=2)

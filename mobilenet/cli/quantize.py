@@ -48,7 +48,8 @@ def _train_batches(args: argparse.Namespace, model, pre):  # -> Callable[[], Ite
     meta = getattr(model, "weights_metadata", None) or {}
     ds = open_image_dataset(args.train, transform=pre)
     mapping = torch.tensor(label_map(ds.class_names, meta.get("class_names"), model.num_classes))
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=len(ds) > args.batch_size,
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True,
+                                         drop_last=len(ds) > args.batch_size,
                                          generator=torch.Generator().manual_seed(0))
     return lambda: ((x, mapping[y]) for x, y in loader)
 
@@ -66,8 +67,14 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.calibration import load_images, load_labelled
     from ..deploy.export import export_onnx, onnx_session
     from ..deploy.loading import load_model
-    from ..deploy.quantize import model_metadata, quantize_onnx, quantize_ptq, quantize_qat, quantized_engine, \
-        save_quantized
+    from ..deploy.quantize import (
+        model_metadata,
+        quantize_onnx,
+        quantize_ptq,
+        quantize_qat,
+        quantized_engine,
+        save_quantized,
+    )
     from ..preprocessing import Preprocessing
     from ..zoo import VARIANTS
 

@@ -96,7 +96,7 @@ def load_labelled(
         index = {w: i for i, w in enumerate(imagenet_wnids(background=num_classes == 1001))}
         images, names = load_images(path, preprocessing, limit=limit, progress=progress)
         wnids = [n.split("_", 1)[0] for n in names]
-        unknown = [n for n, w in zip(names, wnids) if w not in index]
+        unknown = [n for n, w in zip(names, wnids, strict=True) if w not in index]
         if unknown:
             raise ValueError(f"{len(unknown)} file name(s) in {path} do not start with an ImageNet WordNet id, "
                              f"e.g. {unknown[0]!r}")

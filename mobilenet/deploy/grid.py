@@ -10,14 +10,13 @@ variant that fits it.
 from __future__ import annotations
 
 import os
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-
-import statistics
 
 from .bench import _cpu_forward, _percentile, _Skip, render_table, time_interleaved
 

@@ -13,9 +13,9 @@ def load_model(spec: str | os.PathLike[str], *, preset: str | None = None) -> Mo
 
     ``preset`` applies to names only (a file carries its own config).
     """
-    from . import fold  # noqa: F401  (registers the folded architecture with mobilenet.load)
     from ..checkpoint import WeightsFileError, load
     from ..zoo import VARIANTS, create_model
+    from . import fold  # noqa: F401  (registers the folded architecture with mobilenet.load)
 
     text = os.fspath(spec)
     if text in VARIANTS and not Path(text).exists():
