@@ -63,7 +63,8 @@ def main() -> None:
     kitti = read_kitti(DATA / "detection" / "kitti" / "training")
     rows = [run("voc samples", voc, "voc", args.epochs), run("kitti samples", kitti, "kitti", args.epochs)]
     print(json.dumps(rows, indent=1))
-    print("\n| data | images | epochs | loss first -> last | mAP before -> after (same images) | s |\n|---|---|---|---|---|---|")
+    print("\n| data | images | epochs | loss first -> last | mAP before -> after (same images) | s |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         m = [k for k in r if k.endswith("_map_before")][0].replace("_map_before", "")
         print(f"| {r['dataset']} | {r['images']} | {r['epochs']} | {r['loss_first']} -> {r['loss_last']} | "

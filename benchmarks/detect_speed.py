@@ -105,7 +105,7 @@ def main() -> None:
     env = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
            "runs": args.runs}
     print(json.dumps({"env": env, "rows": rows}, indent=1))
-    print(f"\n| model | runtime | device | batch | median ms |\n|---|---|---|---|---|")
+    print("\n| model | runtime | device | batch | median ms |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['runtime']} | {r['device']} | {r['batch']} | {r['median_ms']} |")
     if args.json:

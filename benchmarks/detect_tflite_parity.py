@@ -54,7 +54,8 @@ def main() -> None:
                 if scores[i] < 0.5:
                     continue
                 refs += 1
-                iou = box_iou(torch.tensor(boxes[i][[1, 0, 3, 2]])[None], ours.boxes)[0] * (ours.labels == int(classes[i]))
+                ref = torch.tensor(boxes[i][[1, 0, 3, 2]])[None]  # TF: ymin, xmin, ymax, xmax
+                iou = box_iou(ref, ours.boxes)[0] * (ours.labels == int(classes[i]))
                 j = int(iou.argmax())
                 if iou[j] >= 0.9 and abs(float(ours.scores[j]) - float(scores[i])) <= 0.05:
                     ok += 1

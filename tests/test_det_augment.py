@@ -8,7 +8,14 @@ import torch
 from PIL import Image
 
 from mobilenet.detection.augment import (
-    EvalTransform, Sample, TrainTransform, expand, hflip, iou_crop, photometric_distort, resize,
+    EvalTransform,
+    Sample,
+    TrainTransform,
+    expand,
+    hflip,
+    iou_crop,
+    photometric_distort,
+    resize,
 )
 from mobilenet.detection.datasets import Annotation
 

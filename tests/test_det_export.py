@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mobilenet.detection import SSD, SSDConfig
-from mobilenet.detection.export import _Decoded, export_detector_onnx
+from mobilenet.detection.export import _append_nms, _Decoded, export_detector_onnx
 from mobilenet.detection.postprocess import PostprocessConfig
 
 ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxruntime")
@@ -29,9 +29,15 @@ def model():
     return m.eval()
 
 
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    # one torch.onnx export (~10 s) shared by both tests; export_detector_onnx(nms=True) is this + _append_nms
+    return export_detector_onnx(model, tmp_path_factory.mktemp("onnx") / "ssd.onnx", nms=False)
+
+
 @pytest.mark.slow
-def test_onnx_without_nms_matches_pytorch(model, tmp_path):
-    path = export_detector_onnx(model, tmp_path / "ssd.onnx", nms=False)
+def test_onnx_without_nms_matches_pytorch(model, exported):
+    path = exported
     x = torch.randn(3, 3, 64, 96)  # a batch size other than the export example's
     boxes, scores = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})
     with torch.no_grad():
@@ -40,10 +46,13 @@ def test_onnx_without_nms_matches_pytorch(model, tmp_path):
     np.testing.assert_allclose(scores, ref_scores.numpy(), atol=1e-5)
 
 
-@pytest.mark.slow
-def test_onnx_with_nms_matches_our_postprocess(model, tmp_path):
-    path = export_detector_onnx(model, tmp_path / "ssd_nms.onnx", nms=True, score_threshold=0.3, iou_threshold=0.5,
-                                max_detections=100)
+def test_onnx_with_nms_matches_our_postprocess(model, exported, tmp_path):
+    import onnx
+
+    proto = _append_nms(onnx.load(str(exported)), max_detections=100, iou_threshold=0.5, score_threshold=0.3)
+    onnx.checker.check_model(proto)
+    path = tmp_path / "ssd_nms.onnx"
+    path.write_bytes(proto.SerializeToString())
     x = torch.randn(2, 3, 64, 96)
     (dets,) = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})
     assert dets.ndim == 2 and dets.shape[1] == 7
@@ -53,4 +62,4 @@ def test_onnx_with_nms_matches_our_postprocess(model, tmp_path):
         onnx_b = dets[dets[:, 0] == b]
         assert len(onnx_b) == len(d.scores) > 0
         key = lambda rows: sorted((int(c), round(float(s), 4)) for c, s in rows)  # noqa: E731
-        assert key(zip(onnx_b[:, 6], onnx_b[:, 5])) == key(zip(d.labels, d.scores))
+        assert key(zip(onnx_b[:, 6], onnx_b[:, 5], strict=True)) == key(zip(d.labels, d.scores, strict=True))

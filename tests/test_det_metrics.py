@@ -75,7 +75,7 @@ def test_kitti_perfect_detections_score_100():
 def test_kitti_difficulty_iou_07_and_dontcare():
     tall, short = [100.0, 100.0, 200.0, 160.0], [300.0, 100.0, 340.0, 130.0]  # 60 px and 30 px
     anns, dets = [], []
-    for i in range(80):
+    for _i in range(80):
         kitti = [_car(tall), _car(short, occ=1)]
         dontcare = [[500.0, 100.0, 600.0, 200.0]]
         anns.append(_ann([tall, short], [0, 0], kitti=kitti, ignore=dontcare))

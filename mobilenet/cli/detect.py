@@ -183,8 +183,8 @@ def _train(args: argparse.Namespace) -> int:
         if model.config.num_classes != len(names):
             model.reset_classes(len(names))
     else:
-        model = SSD(SSDConfig(num_classes=len(names), width_mult=args.width_mult, image_size=_image_size(args.image_size),
-                              ssdlite=args.ssdlite))
+        model = SSD(SSDConfig(num_classes=len(names), width_mult=args.width_mult,
+                              image_size=_image_size(args.image_size), ssdlite=args.ssdlite))
     if args.backbone_weights:
         state, meta = read(args.backbone_weights)
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
@@ -207,8 +207,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..distributed import resolve_device
     from ..detection.evaluate import evaluate_detector, score_detections
+    from ..distributed import resolve_device
 
     ds = _dataset(args, args.split)
     metric = args.metric or ("kitti" if args.data_format == "kitti" else "voc")
@@ -235,8 +235,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ..distributed import resolve_device
     from ..detection.predict import detect_images, list_images, write_outputs
+    from ..distributed import resolve_device
 
     paths = list_images(args.inputs)
     device = resolve_device(args.device)

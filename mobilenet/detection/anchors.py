@@ -58,7 +58,7 @@ def box_specs(cfg: AnchorConfig, num_layers: int) -> list[list[tuple[float, floa
         scales = [cfg.min_scale + (cfg.max_scale - cfg.min_scale) * i / (num_layers - 1) for i in range(num_layers)]
     scales.append(1.0)
     specs = []
-    for layer, (scale, scale_next) in enumerate(zip(scales[:-1], scales[1:])):
+    for layer, (scale, scale_next) in enumerate(zip(scales[:-1], scales[1:], strict=True)):
         if layer == 0 and cfg.reduce_boxes_in_lowest_layer:
             specs.append([(0.1, 1.0), (scale, 2.0), (scale, 0.5)])
             continue
@@ -90,7 +90,7 @@ def generate_anchors(
     short = min(img_h, img_w)
     base_h, base_w = short / img_h, short / img_w  # TF: square in pixels on non-square inputs
     out = []
-    for (fh, fw), specs in zip(feature_sizes, box_specs(cfg, len(feature_sizes))):
+    for (fh, fw), specs in zip(feature_sizes, box_specs(cfg, len(feature_sizes)), strict=True):
         scales = torch.tensor([s for s, _ in specs], dtype=torch.float64)
         ratios = torch.tensor([r for _, r in specs], dtype=torch.float64).sqrt()
         hs, ws = scales / ratios * base_h, scales * ratios * base_w  # (a,)

@@ -245,8 +245,8 @@ def read_kitti(root: str | Path, split: str = "all", class_names: tuple[str, ...
     anns, problems = [], []
     for image_id in ids:
         label_path = lbl_dir / f"{image_id}.txt"
-        image_path = next((img_dir / f"{image_id}{s}" for s in IMAGE_SUFFIXES if (img_dir / f"{image_id}{s}").is_file()),
-                          None)
+        candidates = (img_dir / f"{image_id}{s}" for s in IMAGE_SUFFIXES)
+        image_path = next((p for p in candidates if p.is_file()), None)
         if image_path is None:
             problems.append(f"{label_path}:1: image file {img_dir / image_id}.png is missing; skipped")
             continue

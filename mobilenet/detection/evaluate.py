@@ -31,7 +31,7 @@ def predict_dataset(model: Any, dataset: DetectionDataset, *, batch_size: int = 
     out = []
     for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
         dets = model.detect(images.to(device), postprocess)
-        for d, t in zip(dets, targets):
+        for d, t in zip(dets, targets, strict=True):
             w, h = t["orig_size"]
             d = d.scaled(w, h)
             out.append((d.boxes.cpu(), d.scores.cpu(), d.labels.cpu()))
@@ -45,8 +45,8 @@ def score_detections(detections: Sequence[tuple[torch.Tensor, torch.Tensor, torc
     names = dataset.class_names
     if metric in ("voc", "voc07"):
         r = voc_evaluate(detections, dataset.annotations, len(names), use_07_metric=metric == "voc07")
-        return {"metric": metric, "map": r["map"], "per_class": dict(zip(names, r["ap"])),
-                "num_gt": dict(zip(names, r["num_gt"]))}
+        return {"metric": metric, "map": r["map"], "per_class": dict(zip(names, r["ap"], strict=True)),
+                "num_gt": dict(zip(names, r["num_gt"], strict=True))}
     if metric == "kitti":
         r = kitti_evaluate(detections, dataset.annotations, names, classes=names)
         mods = [v["moderate"]["ap_r40"] for v in r.values() if v["moderate"]["num_gt"]]

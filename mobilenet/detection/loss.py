@@ -81,7 +81,8 @@ def multibox_loss(
         cls_loss = ce[keep].sum() / norm
     elif classification == "focal":
         valid = flat_labels != IGNORE
-        cls_loss = sigmoid_focal_loss(flat_logits[valid].float(), flat_labels[valid], focal_alpha, focal_gamma).sum() / norm
+        focal = sigmoid_focal_loss(flat_logits[valid].float(), flat_labels[valid], focal_alpha, focal_gamma)
+        cls_loss = focal.sum() / norm
     else:
         raise ValueError(f"classification must be 'softmax' or 'focal', got {classification!r}")
     return LossOutput(total=box_weight * box_loss + cls_loss, box=box_loss.detach(), cls=cls_loss.detach(),

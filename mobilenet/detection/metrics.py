@@ -85,7 +85,7 @@ def voc_evaluate(
         dets = []  # (score, image index, box)
         for i, (boxes, scores, labels) in enumerate(detections):
             m = _np(labels) == c
-            for b, s in zip(_np(boxes)[m].astype(np.float64), _np(scores)[m]):
+            for b, s in zip(_np(boxes)[m].astype(np.float64), _np(scores)[m], strict=True):
                 dets.append((float(s), i, b))
         dets.sort(key=lambda d: -d[0])  # stable, like MATLAB's sort
         tp, fp = np.zeros(len(dets)), np.zeros(len(dets))
@@ -160,7 +160,7 @@ def _clean(gt_objs: list[dict[str, Any]], det_names: list[str], det_boxes: np.nd
         else:
             ignored_gt.append(-1)
     ignored_det = []
-    for name, box in zip(det_names, det_boxes):
+    for name, box in zip(det_names, det_boxes, strict=True):
         height = abs(box[3] - box[1])
         if height < KITTI_MIN_HEIGHT[difficulty]:
             ignored_det.append(1)
@@ -246,13 +246,14 @@ def kitti_evaluate(detections: Sequence[DetTuple], annotations: Sequence[Any], c
         raise ValueError(f"got detections for {len(detections)} images but {len(annotations)} annotations")
     results: dict[str, Any] = {}
     per_image = []
-    for (boxes, scores, labels), ann in zip(detections, annotations):
+    for (boxes, scores, labels), ann in zip(detections, annotations, strict=True):
         names = [class_names[int(k)] for k in _np(labels)]
         b = _np(boxes).astype(np.float64).reshape(-1, 4)
         gts = ann.extra.get("kitti", [])
         gt_boxes = np.array([o["box"] for o in gts], dtype=np.float64).reshape(-1, 4)
         dc = _np(ann.ignore_boxes).astype(np.float64).reshape(-1, 4)
-        per_image.append((names, b, _np(scores).astype(np.float64), gts, _overlaps(b, gt_boxes, -1), _overlaps(b, dc, 0)))
+        per_image.append((names, b, _np(scores).astype(np.float64), gts, _overlaps(b, gt_boxes, -1),
+                          _overlaps(b, dc, 0)))
     for cls_name in classes:
         cls = cls_name.lower()
         min_overlap = KITTI_MIN_OVERLAP.get(cls, 0.5)
@@ -271,7 +272,7 @@ def kitti_evaluate(detections: Sequence[DetTuple], annotations: Sequence[Any], c
             precision = np.zeros(N_SAMPLE_PTS)
             for t, thr in enumerate(thresholds):
                 tp = fp = fn = 0
-                for (names, b, s, gts, ov, dcov), (ig_gt, ig_det) in zip(per_image, cleaned):
+                for (_, _, s, _, ov, dcov), (ig_gt, ig_det) in zip(per_image, cleaned, strict=True):
                     a, f, n, _ = _statistics(ov, s, ig_gt, ig_det, dcov, min_overlap, thr, True)
                     tp, fp, fn = tp + a, fp + f, fn + n
                 precision[t] = tp / (tp + fp) if tp + fp > 0 else 0.0
@@ -295,13 +296,14 @@ def coco_evaluate(detections: Sequence[DetTuple], annotations: Sequence[Any], cl
         from pycocotools.cocoeval import COCOeval
     except ImportError:
         try:
-            from faster_coco_eval import COCO, COCOeval_faster as COCOeval  # type: ignore[no-redef]
+            from faster_coco_eval import COCO  # type: ignore[no-redef]
+            from faster_coco_eval import COCOeval_faster as COCOeval
         except ImportError:
             raise ImportError("COCO mAP needs pycocotools or faster-coco-eval: pip install pycocotools") from None
     images, gts, dts = [], [], []
-    for i, ((boxes, scores, labels), ann) in enumerate(zip(detections, annotations)):
+    for i, ((boxes, scores, labels), ann) in enumerate(zip(detections, annotations, strict=True)):
         images.append({"id": i, "width": ann.width, "height": ann.height})
-        for b, lab in zip(_np(ann.boxes), _np(ann.labels)):
+        for b, lab in zip(_np(ann.boxes), _np(ann.labels), strict=True):
             gts.append({"id": len(gts) + 1, "image_id": i, "category_id": int(lab) + 1, "iscrowd": 0,
                         "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
                         "area": float((b[2] - b[0]) * (b[3] - b[1]))})
@@ -309,7 +311,7 @@ def coco_evaluate(detections: Sequence[DetTuple], annotations: Sequence[Any], cl
             gts.append({"id": len(gts) + 1, "image_id": i, "category_id": 1, "iscrowd": 1,
                         "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
                         "area": float((b[2] - b[0]) * (b[3] - b[1]))})
-        for b, s, lab in zip(_np(boxes), _np(scores), _np(labels)):
+        for b, s, lab in zip(_np(boxes), _np(scores), _np(labels), strict=True):
             dts.append({"image_id": i, "category_id": int(lab) + 1, "score": float(s),
                         "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
     gt = COCO()

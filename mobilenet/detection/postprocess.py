@@ -73,7 +73,7 @@ def postprocess(
         boxes_all = boxes_all.clamp(0, 1)
     scores_all = class_scores(cls_logits.float(), cfg.score_fn)  # (B, A, C)
     results = []
-    for boxes, scores in zip(boxes_all, scores_all):
+    for boxes, scores in zip(boxes_all, scores_all, strict=True):
         if cfg.nms_mode == "class_agnostic":
             best, labels = scores.max(dim=1)  # (A,)
             keep = (best > cfg.score_threshold).nonzero().squeeze(1)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ..checkpoint import atomic_write
+from .boxes import clip_boxes
 from .datasets import IMAGE_SUFFIXES
 from .draw import draw_detections
 from .ssd import SSD
@@ -68,14 +69,22 @@ def detect_images(model: SSD, paths: Sequence[str | os.PathLike[str]], *, score_
                 images.append(model_input(im, model))
                 sizes.append(im.size)
         dets = model.detect(torch.stack(images).to(device))
-        for p, (w, h), d in zip(chunk, sizes, dets):
+        for p, (w, h), d in zip(chunk, sizes, dets, strict=True):
             d = d.scaled(w, h)
             keep = d.scores >= score_threshold
+            boxes = clip_boxes(d.boxes[keep], w, h)  # pixels inside the image (TF Lite's boxes may overhang)
             results.append({"image": str(p), "width": w, "height": h, "detections": [
                 {"box": [round(float(v), 2) for v in box], "score": round(float(s), 4), "label": names[int(c)],
                  "class_id": int(c)}
-                for box, s, c in zip(d.boxes[keep].tolist(), d.scores[keep].tolist(), d.labels[keep].tolist())]})
+                for box, s, c in zip(boxes.tolist(), d.scores[keep].tolist(), d.labels[keep].tolist(), strict=True)]})
     return results
+
+
+def _readable(path: Path) -> None:
+    """atomic_write's temporary files are private (0600); outputs get the usual umask permissions."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def write_outputs(results: list[dict[str, Any]], out_dir: str | os.PathLike[str]) -> list[Path]:
@@ -89,9 +98,11 @@ def write_outputs(results: list[dict[str, Any]], out_dir: str | os.PathLike[str]
         target = out_dir / f"{Path(r['image']).stem}.jpg"
         with atomic_write(target) as f:
             drawn.save(f, format="JPEG", quality=92)
+        _readable(target)
         pictures.append(target)
     with atomic_write(out_dir / "detections.json", "w") as f:
         json.dump(results, f, indent=1)
+    _readable(out_dir / "detections.json")
     return pictures
 
 

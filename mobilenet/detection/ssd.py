@@ -142,13 +142,14 @@ class SSD(nn.Module):
             in_chs.append(cfg.depth(d))
         self.extras = nn.ModuleList(extras)
         self.num_anchors = num_anchors_per_location(cfg.anchors, len(in_chs))
-        self.box_heads = nn.ModuleList(_predictor(c, a * 4, cfg, bcfg) for c, a in zip(in_chs, self.num_anchors))
+        pairs = list(zip(in_chs, self.num_anchors, strict=True))
+        self.box_heads = nn.ModuleList(_predictor(c, a * 4, cfg, bcfg) for c, a in pairs)
         self.cls_heads = nn.ModuleList(
-            _predictor(c, a * (cfg.num_classes + 1), cfg, bcfg) for c, a in zip(in_chs, self.num_anchors))
+            _predictor(c, a * (cfg.num_classes + 1), cfg, bcfg) for c, a in zip(in_chs, self.num_anchors, strict=True))
         self.coder = BoxCoder(cfg.scale_factors)
         self._anchor_cache: dict[tuple[Any, ...], torch.Tensor] = {}
         if cfg.anchors_in_weights:
-            n = sum(h * w * a for (h, w), a in zip(self.feature_sizes(cfg.image_size), self.num_anchors))
+            n = sum(h * w * a for (h, w), a in zip(self.feature_sizes(cfg.image_size), self.num_anchors, strict=True))
             self.register_buffer("anchor_table", torch.zeros(n, 4))  # (A, 4) cx, cy, w, h
         for head in [*self.box_heads, *self.cls_heads]:
             for m in head.modules():
@@ -165,7 +166,8 @@ class SSD(nn.Module):
         device = next(self.parameters()).device
         in_chs = [_in_channels(h) for h in self.box_heads]
         self.cls_heads = nn.ModuleList(
-            _predictor(c, a * (num_classes + 1), self.config, bcfg) for c, a in zip(in_chs, self.num_anchors)
+            _predictor(c, a * (num_classes + 1), self.config, bcfg)
+            for c, a in zip(in_chs, self.num_anchors, strict=True)
         ).to(device)
         for m in self.cls_heads.modules():
             if isinstance(m, nn.Conv2d) and m.bias is not None:
@@ -189,8 +191,8 @@ class SSD(nn.Module):
         feats = self.feature_maps(x)
         self._remember_sizes(x, feats)
         k = self.config.num_classes + 1
-        boxes = torch.cat([_flatten(h(f), 4) for h, f in zip(self.box_heads, feats)], dim=1)
-        logits = torch.cat([_flatten(h(f), k) for h, f in zip(self.cls_heads, feats)], dim=1)
+        boxes = torch.cat([_flatten(h(f), 4) for h, f in zip(self.box_heads, feats, strict=True)], dim=1)
+        logits = torch.cat([_flatten(h(f), k) for h, f in zip(self.cls_heads, feats, strict=True)], dim=1)
         return boxes, logits
 
     def _remember_sizes(self, x: torch.Tensor, feats: list[torch.Tensor]) -> None:

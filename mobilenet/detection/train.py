@@ -96,13 +96,16 @@ def train_detector(
     torch.manual_seed(cfg.seed)
     mcfg = model.config
     train_set = DetectionDataset(train_set.annotations, train_set.class_names, train_set.problems,
-                                 TrainTransform(mcfg.image_size, mcfg.pixel_mean, mcfg.pixel_std, seed=cfg.seed + info.rank,
+                                 TrainTransform(mcfg.image_size, mcfg.pixel_mean, mcfg.pixel_std,
+                                                seed=cfg.seed + info.rank,
                                                 photometric=cfg.augment, crop=cfg.augment, flip=cfg.augment,
                                                 expand_ratio=4.0 if cfg.augment else 1.0))
     if len(train_set) == 0:
         raise ValueError("the training set is empty")
-    sampler = (torch.utils.data.DistributedSampler(train_set, info.world_size, info.rank, seed=cfg.seed)
-               if info.distributed else torch.utils.data.RandomSampler(train_set, generator=torch.Generator().manual_seed(cfg.seed)))
+    if info.distributed:
+        sampler = torch.utils.data.DistributedSampler(train_set, info.world_size, info.rank, seed=cfg.seed)
+    else:
+        sampler = torch.utils.data.RandomSampler(train_set, generator=torch.Generator().manual_seed(cfg.seed))
     batch_size = min(cfg.batch_size, len(train_set))
     loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
                                          num_workers=cfg.workers, collate_fn=collate)
