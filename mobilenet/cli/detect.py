@@ -168,8 +168,6 @@ def _folded_bn(model: Any) -> bool:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
     from .. import detection  # noqa: F401
     from ..checkpoint import load_state_strict, read
     from ..detection.ssd import SSD, SSDConfig
@@ -198,11 +196,12 @@ def _train(args: argparse.Namespace) -> int:
     model.train()
     r = train_detector(model, train_set, val_set, cfg, args.out, resume=args.resume, progress=not args.no_progress,
                        log=lambda s: print(s, flush=True))
+    if not r["is_main"]:
+        return 0
     out = Path(args.out)
     (out / "history.json").write_text(json.dumps(r["history"], indent=1))
     print(f"final weights: {r['final']}" + (f"; best ({metric} mAP {r['best_map']:.4f}): {r['best']}"
                                             if r["best"] else ""))
-    del torch
     return 0
 
 

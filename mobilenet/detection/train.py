@@ -88,9 +88,11 @@ def train_detector(
     """Train ``model`` on ``train_set``; evaluate on ``val_set`` every ``eval_every`` epochs.
 
     Writes resumable states under ``run_dir/states`` and the final weights to ``run_dir/final.safetensors``
-    (``best.safetensors`` too when validating). Returns {"history", "best_map", "final", "best"}.
+    (``best.safetensors`` too when validating). Returns {"history", "best_map", "final", "best", "is_main"}:
+    under torchrun every rank trains, rank 0 alone evaluates, logs and writes files.
     """
     run_dir = Path(run_dir)
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = dist_utils.setup(cfg.device)
     device = info.device
     torch.manual_seed(cfg.seed)
@@ -182,5 +184,7 @@ def train_detector(
     if info.is_main:
         save(model, final, class_names=names, extra={"history": state.history})
     dist_utils.barrier()
+    if owns_group:
+        dist_utils.teardown()
     return {"history": state.history, "best_map": state.best_metric, "final": final,
-            "best": best_path if best_path.is_file() else None}
+            "best": best_path if best_path.is_file() else None, "is_main": info.is_main}
