@@ -157,7 +157,8 @@ def test_cli_quantize_report(digits_model, tmp_path, capsys):
     src = mobilenet.save(model, tmp_path / "m.safetensors", class_names=[str(d) for d in range(10)], preprocessing=PRE)
     out = tmp_path / "q.pt"
     rc = main(["quantize", str(src), "--calib", "digits#train", "--num-calib", "40", "-o", str(out),
-               "--observer", "minmax", "--eval", "digits#test", "--num-eval", "120", "--repeats", "3", "--json", str(tmp_path / "r.json")])
+               "--observer", "minmax", "--eval", "digits#test", "--num-eval", "120", "--repeats", "3",
+               "--json", str(tmp_path / "r.json")])
     assert rc == 0, capsys.readouterr().err
     text = capsys.readouterr().out
     assert "top-1 (%)" in text and "latency b=1" in text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -61,13 +62,19 @@ def export_onnx(
     example, r = _example(model, resolution)
     net = static_model(model, r)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tmp_path = Path(tmp) / "model.onnx"
-        torch.onnx.export(net, (example,), str(tmp_path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          opset_version=opset, dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False,
-                          verbose=False, report=False)
-        proto = onnx.load(str(tmp_path))
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)  # the exporter logs a line per torchvision op it cannot find
+    try:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tmp_path = Path(tmp) / "model.onnx"
+            torch.onnx.export(net, (example,), str(tmp_path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              opset_version=opset, dynamic_shapes={"x": {0: batch}}, dynamo=True,
+                              external_data=False, verbose=False, report=False)
+            proto = onnx.load(str(tmp_path))
+    finally:
+        onnx_log.setLevel(level)
     props = {"mobilenet": json.dumps(meta), "preprocessing": json.dumps(meta.get("preprocessing")),
              "class_names": json.dumps(meta.get("class_names"))}
     for k, v in props.items():
