@@ -36,7 +36,7 @@ def run(name: str, ds, metric: str, epochs: int) -> dict:
     model.reset_classes(len(ds.class_names))
     model.config = type(model.config).from_dict({**model.config.to_dict(), "postprocess": {
         **model.config.postprocess.to_dict(), "score_fn": "softmax", "nms_mode": "per_class", "max_detections": 100,
-        "score_threshold": 0.01}})
+        "score_threshold": 0.01}})  # what train_detector would set for the softmax loss; needed for "before"
     before = evaluate_detector(model, ds, metric=metric)["map"]
     cfg = DetTrainConfig(epochs=epochs, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=0.0, warmup_epochs=1,
                          augment=True, eval_every=0, metric=metric, freeze_bn=True, device="cpu")

@@ -49,3 +49,19 @@ def test_training_resumes_from_its_last_state(tmp_path, one_thread):
     r = train_detector(model2, train, None, cfg2, tmp_path / "run", resume="auto", progress=False, log=logs.append)
     assert any("resumed" in line for line in logs)
     assert [h["epoch"] for h in r["history"]] == [1, 2]  # epoch 1 from the state, epoch 2 trained now
+
+
+def test_fine_tuning_reads_scores_the_way_the_loss_trains_them(tmp_path, one_thread):
+    from mobilenet.detection.postprocess import PostprocessConfig
+
+    root = make_shapes_voc(tmp_path / "shapes", num_train=8, num_test=2, image_size=64, seed=4)
+    tf_like = PostprocessConfig(score_fn="sigmoid", nms_mode="class_agnostic", max_detections=10, clip_boxes=False)
+    model = SSD(SSDConfig(num_classes=3, width_mult=0.25, image_size=(64, 64), postprocess=tf_like))
+    logs: list[str] = []
+    cfg = DetTrainConfig(epochs=1, batch_size=8, optimizer="sgd", lr=1e-4, eval_every=0, device="cpu", freeze_bn=True)
+    bn = model.backbone.stem.bn.running_mean.clone()
+    train_detector(model, read_voc(root, "trainval", SHAPE_CLASSES), None, cfg, tmp_path / "run", progress=False,
+                   log=logs.append)
+    assert model.config.postprocess.score_fn == "softmax" and model.config.postprocess.nms_mode == "per_class"
+    assert any("softmax scores" in line for line in logs)
+    assert torch.equal(model.backbone.stem.bn.running_mean, bn)  # freeze_bn: statistics untouched

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,20 @@ def build_targets(model: SSD, targets: list[dict[str, Any]], image_size: tuple[i
     return torch.stack(labels), model.coder.encode(torch.stack(boxes), anchors)
 
 
+def _match_postprocess_to_loss(model: SSD, cfg: DetTrainConfig, log: Callable[[str], None]) -> None:
+    """Scores must be read the way the loss trained them: softmax loss -> softmax scores, focal -> sigmoid.
+
+    Matters when fine-tuning an import: TF Lite's COCO SSD scores with sigmoid, one class per anchor.
+    """
+    want = "softmax" if cfg.classification == "softmax" else "sigmoid"
+    pp = model.config.postprocess
+    if pp.score_fn != want:
+        new = replace(pp, score_fn=want, nms_mode="per_class", clip_boxes=True,
+                      max_detections=max(pp.max_detections, 100), score_threshold=min(pp.score_threshold, 0.01))
+        model.config = replace(model.config, postprocess=new)
+        log(f"post-processing set to {want} scores, per-class NMS, to match the {cfg.classification} loss")
+
+
 def train_detector(
     model: SSD,
     train_set: DetectionDataset,
@@ -96,6 +110,7 @@ def train_detector(
     info = dist_utils.setup(cfg.device)
     device = info.device
     torch.manual_seed(cfg.seed)
+    _match_postprocess_to_loss(model, cfg, log)
     mcfg = model.config
     train_set = DetectionDataset(train_set.annotations, train_set.class_names, train_set.problems,
                                  TrainTransform(mcfg.image_size, mcfg.pixel_mean, mcfg.pixel_std,
