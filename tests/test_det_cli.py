@@ -56,7 +56,7 @@ def test_train_eval_predict_round_trip(tmp_path, capsys, one_thread):
     metrics2 = tmp_path / "m2.json"
     assert main(["detect", "eval", "--predictions", str(pics / "detections.json"), "--data", str(data),
                  "--classes", CLASSES, "--split", "test", "--json", str(metrics2)]) == 0
-    assert json.loads(metrics2.read_text())["map"] == pytest.approx(scored["map"], abs=0.02)
+    assert json.loads(metrics2.read_text())["map"] == pytest.approx(scored["map"], abs=1e-3)
 
     # resume continues the same run
     assert main(["detect", "train", "--data", str(data), "--classes", CLASSES, "--width-mult", "0.25",

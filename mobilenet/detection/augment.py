@@ -171,14 +171,21 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """(PIL image, Annotation) -> (normalised (3, H, W) resized input, target) with no randomness."""
+    """(PIL image, Annotation) -> (normalised (3, H, W) resized input, target) with no randomness.
+
+    Resizes with Pillow's bilinear filter, exactly as ``predict.model_input`` does, so that
+    ``detect eval --weights`` and scoring the JSON of ``detect predict`` see the same pixels.
+    """
 
     def __init__(self, image_size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.image_size, self.mean, self.std = tuple(image_size), mean, std
 
     def __call__(self, image: Image.Image, ann: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        s = resize(Sample(pil_to_tensor(image), ann.boxes.clone(), ann.labels.clone(), ann.ignore_boxes.clone()),
-                   self.image_size)
+        h, w = self.image_size
+        sx, sy = w / image.width, h / image.height
+        scale = torch.tensor([sx, sy, sx, sy])
+        s = Sample(pil_to_tensor(image.convert("RGB").resize((w, h), Image.BILINEAR)), ann.boxes * scale,
+                   ann.labels.clone(), ann.ignore_boxes * scale)
         return normalize(s.image, self.mean, self.std), _target(s, ann)
 
 
