@@ -102,3 +102,15 @@ def test_coco_map_when_pycocotools_is_installed():
     anns = [_ann([[10, 10, 60, 60]], [0])]
     r = coco_evaluate([_det([[10, 10, 60, 60, 0.9, 0]])], anns, ["thing"])
     assert r["map"] == pytest.approx(1.0)
+
+
+def test_remap_labels_by_name_drops_unshared_classes():
+    from mobilenet.detection.evaluate import remap_labels
+
+    dets = [_det([[0, 0, 9, 9, 0.9, 0], [0, 0, 9, 9, 0.8, 1], [0, 0, 9, 9, 0.7, 2]])]
+    (boxes, scores, labels), = remap_labels(dets, ["person", "kite", "dog"], ["cat", "dog", "person"])
+    assert labels.tolist() == [2, 1] and scores.tolist() == pytest.approx([0.9, 0.7])
+    with pytest.raises(ValueError, match="share no name"):
+        remap_labels(dets, ["kite"], ["cat"])
+    (_, _, labels), = remap_labels(dets, ["person", "tv", "couch"], ["sofa", "tvmonitor", "person"])
+    assert labels.tolist() == [2, 1, 0]  # VOC spellings of COCO classes

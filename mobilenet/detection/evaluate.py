@@ -14,6 +14,9 @@ from .metrics import coco_evaluate, kitti_evaluate, voc_evaluate
 from .postprocess import PostprocessConfig
 
 METRICS = ("voc", "voc07", "kitti", "coco")
+# Pascal VOC names of classes COCO (and TF Lite's labelmap) spells differently.
+VOC_TO_COCO = {"aeroplane": "airplane", "motorbike": "motorcycle", "sofa": "couch", "tvmonitor": "tv",
+               "diningtable": "dining table", "pottedplant": "potted plant"}
 
 
 @torch.no_grad()
@@ -39,6 +42,28 @@ def predict_dataset(model: Any, dataset: DetectionDataset, *, batch_size: int = 
     return out
 
 
+def remap_labels(detections: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], model_names: Sequence[str],
+                 dataset_names: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Re-index detections from the model's classes to the dataset's by name; other classes are dropped.
+
+    Lets a detector be scored on a dataset with a different class list (e.g. the COCO SSD on VOC,
+    over the classes whose names agree, VOC's spellings mapped to COCO's by ``VOC_TO_COCO``).
+    ValueError when no name is shared.
+    """
+    index = {n: i for i, n in enumerate(dataset_names)}
+    index.update({VOC_TO_COCO[n]: i for i, n in enumerate(dataset_names) if n in VOC_TO_COCO})
+    table = torch.tensor([index.get(n, -1) for n in model_names], dtype=torch.long)
+    if (table < 0).all():
+        raise ValueError(f"the model's classes ({', '.join(model_names[:5])}, ...) share no name with the dataset's "
+                         f"({', '.join(dataset_names[:5])}, ...)")
+    out = []
+    for boxes, scores, labels in detections:
+        new = table[labels]
+        keep = new >= 0
+        out.append((boxes[keep], scores[keep], new[keep]))
+    return out
+
+
 def score_detections(detections: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
                      dataset: DetectionDataset, metric: str = "voc") -> dict[str, Any]:
     """Metric dict with a headline ``"map"`` (fraction in [0, 1]) and per-class details."""
@@ -59,6 +84,10 @@ def score_detections(detections: Sequence[tuple[torch.Tensor, torch.Tensor, torc
 
 def evaluate_detector(model: Any, dataset: DetectionDataset, *, metric: str = "voc", batch_size: int = 8,
                       device: str | torch.device = "cpu", workers: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Predict then score: the metric dict of ``score_detections``."""
+    """Predict then score: the metric dict of ``score_detections``. A model whose saved class names
+    differ from the dataset's is scored on the classes the two share by name (``remap_labels``)."""
     dets = predict_dataset(model, dataset, batch_size=batch_size, device=device, workers=workers, progress=progress)
+    names = (getattr(model, "weights_metadata", None) or {}).get("class_names")
+    if names and list(names) != list(dataset.class_names):
+        dets = remap_labels(dets, names, dataset.class_names)
     return score_detections(dets, dataset, metric)
