@@ -19,6 +19,9 @@ def test_time_interleaved_rotates_and_counts():
     times = time_interleaved(fns, repeats=3, warmup=1)
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
     assert calls[3:] == list("abc" "bca" "cab")  # after one warm-up call each, the order rotates every round
+    calls.clear()
+    times = time_interleaved(fns, repeats=2, warmup=0, min_sample_s=1.0)  # blocks: 100 calls per sample
+    assert len(calls) == 3 + 2 * 3 * 100 and len(times["a"]) == 2
     with pytest.raises(ValueError, match="repeats"):
         time_interleaved(fns, repeats=0, warmup=0)
 

@@ -119,26 +119,41 @@ def time_interleaved(
     repeats: int,
     warmup: int,
     sync: Callable[[], None] = lambda: None,
+    min_sample_s: float = 0.0,
     progress: bool = False,
     desc: str = "timing",
 ) -> dict[str, list[float]]:
-    """Seconds per call of each function, sampled round-robin; the order rotates every round."""
+    """Seconds per call of each function, sampled round-robin; the order rotates every round.
+
+    A sample is a block of consecutive calls of one function lasting about ``min_sample_s`` (at least
+    one call), divided by its call count: switching between runtimes (OpenMP and ONNX Runtime thread
+    pools waking up on a small CPU) then costs once per block instead of once per call.
+    """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     names = list(fns)
+    inner: dict[str, int] = {}
     for name in names:
         for _ in range(warmup):
             fns[name]()
         sync()
+        inner[name] = 1
+        if min_sample_s > 0:  # size the block from one more call
+            t0 = time.perf_counter()
+            fns[name]()
+            sync()
+            inner[name] = max(1, min(100, round(min_sample_s / max(time.perf_counter() - t0, 1e-9))))
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in tqdm(range(repeats), desc=desc, disable=not progress, leave=False):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            fn, n = fns[name], inner[name]
             sync()
             t0 = time.perf_counter()
-            fns[name]()
+            for _ in range(n):
+                fn()
             sync()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append((time.perf_counter() - t0) / n)
     return times
 
 
@@ -332,6 +347,7 @@ def run_bench(
     compile: bool = True,
     repeats: int = 50,
     warmup: int = 5,
+    min_sample_s: float = 0.02,
     progress: bool = True,
     name: str | None = None,
 ) -> BenchResult:
@@ -339,7 +355,8 @@ def run_bench(
 
     ``devices``: "cuda" is skipped (and said so in ``skipped``) without a CUDA device. ``variants``:
     a subset of the variant names (default: all). ``compile=False`` drops the ``torch.compile`` rows
-    (their first call compiles for tens of seconds on a small CPU).
+    (their first call compiles for tens of seconds on a small CPU). ``min_sample_s``: see
+    :func:`time_interleaved` (a sample of a fast variant averages several consecutive calls).
     """
     if not isinstance(model, MobileNetV1):
         raise TypeError(f"run_bench expects a MobileNetV1, got {type(model).__name__}")
@@ -383,7 +400,7 @@ def run_bench(
                     continue
                 sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
                 times = time_interleaved(fns, repeats=repeats, warmup=warmup, sync=sync, progress=progress,
-                                         desc=f"{device} {pass_}")
+                                         min_sample_s=min_sample_s, desc=f"{device} {pass_}")
             result.rows.extend(summarise(device, pass_, times, batch_size, dtypes))
     for device in devices:
         floats = [row for row in result.rows if row.device == device and row.pass_ == "forward"
@@ -438,8 +455,8 @@ def format_result(result: BenchResult, fmt: str = "table") -> str:
                      f"{row.batch_size})")
     for key, why in result.skipped.items():
         lines.append(f"skipped {key}: {why}")
-    lines.append("variants of one device and pass were timed interleaved in the same run; "
-                 "median of the samples, p10/p90 as spread")
+    lines.append("variants of one device and pass were timed interleaved in the same run (blocks of ~20 ms of "
+                 "calls); median per call, p10/p90 of the blocks as spread")
     return "\n".join(lines)
 
 

@@ -91,7 +91,8 @@ def run_grid(
                 raise ValueError(f"grid variant {variant!r} is not available here: {e}") from None
             fn()
             fns[name], models[name] = fn, model
-        times = time_interleaved(fns, repeats=repeats, warmup=warmup, progress=progress, desc="grid")
+        times = time_interleaved(fns, repeats=repeats, warmup=warmup, progress=progress, desc="grid",
+                                 min_sample_s=0.02)
     rows = []
     for name in names:
         ts, cfg = times[name], models[name].config
