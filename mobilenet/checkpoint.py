@@ -7,6 +7,7 @@ previous file intact.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import tempfile
@@ -130,9 +131,14 @@ def _parse_metadata(header: dict[str, str], path: Path) -> dict[str, Any]:
     return meta
 
 
-# Builders for each architecture a weights file may name; detection registers its own.
+# Builders for each architecture a weights file may name. Those of other subpackages are imported on
+# first use (module, function), so `load` works without importing detection or deploy first.
 BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "mobilenet_v1": lambda cfg: MobileNetV1.from_config(cfg),
+}
+LAZY_BUILDERS: dict[str, tuple[str, str]] = {
+    "ssd_mobilenet_v1": ("mobilenet.detection.ssd", "build_ssd"),
+    "mobilenet_v1_folded": ("mobilenet.deploy.fold", "build_folded"),
 }
 
 
@@ -160,6 +166,9 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
     """
     tensors, meta = read(path)
     arch = meta.get("architecture")
+    if arch not in BUILDERS and arch in LAZY_BUILDERS:
+        module, function = LAZY_BUILDERS[arch]
+        BUILDERS[arch] = getattr(importlib.import_module(module), function)
     if arch not in BUILDERS:
         raise WeightsFileError(f"{path}: unknown architecture {arch!r} (known: {', '.join(sorted(BUILDERS))})")
     model = BUILDERS[arch](meta["config"])

@@ -8,6 +8,7 @@ import pytest
 
 from mobilenet.checkpoint import load
 from mobilenet.cli import main
+from mobilenet.convert import import_model
 from mobilenet.model import MobileNetV1
 from tests.conftest import shared_file
 from tests.convert_writers import slim_variables, write_tf_checkpoint
@@ -57,10 +58,12 @@ def test_mismatched_width_fails(slim_prefix, tmp_path, capsys):
     assert "width-0.25" in capsys.readouterr().err
 
 
-def test_detector_tflite_is_refused(tmp_path, capsys):
+def test_detector_tflite_converts_to_an_ssd_but_not_to_a_classifier(tmp_path, capsys):
     src = shared_file("weights", "tflite", "detect.tflite")
-    assert main(["convert", str(src), "-o", str(tmp_path / "o.safetensors")]) == 2
-    assert "not part of a MobileNet v1 classifier" in capsys.readouterr().err
+    assert main(["convert", str(src), "-o", str(tmp_path / "o.safetensors")]) == 0
+    assert "ssd_mobilenet_v1, width 0.75, 300x300 px, 90 classes" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not part of a MobileNet v1 classifier"):
+        import_model(src)
 
 
 @pytest.mark.slow

@@ -113,3 +113,13 @@ def test_written_tflite_runs_in_the_interpreter_like_the_source(tmp_path):
     with torch.no_grad():
         ref = model(x).softmax(1).numpy()
     assert abs(it.get_tensor(it.get_output_details()[0]["index"]) - ref).max() < 1e-5  # measured 3.7e-8
+
+
+def test_convert_routes_the_ssd_detector_to_the_detection_importer(tmp_path, monkeypatch):
+    from mobilenet.checkpoint import BUILDERS
+    from mobilenet.detection import SSD
+
+    out = convert(shared_file("weights", "tflite", "detect.tflite"), tmp_path / "ssd.safetensors")
+    monkeypatch.delitem(BUILDERS, "ssd_mobilenet_v1", raising=False)  # load must find the builder itself
+    model = load(out)
+    assert isinstance(model, SSD) and len(model.weights_metadata["class_names"]) == 90

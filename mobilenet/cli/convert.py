@@ -40,10 +40,11 @@ def run(args: argparse.Namespace) -> int:
                       drop_background=args.drop_background, prototxt=args.prototxt)
     except ImportError as e:  # an optional reader (h5py) is missing: say which, no traceback
         raise CLIError(str(e)) from None
-    from ..checkpoint import read
+    from ..checkpoint import read_metadata as read_meta
 
-    _, meta = read(out)
+    meta = read_meta(out)
     cfg, extra = meta["config"], meta["extra"]
-    print(f"wrote {out}: {extra['format']} {extra['source']} -> width {cfg['width_mult']:g}, "
-          f"{cfg['resolution']} px, {cfg['num_classes']} classes, preset {cfg['preset']}")
+    size = cfg.get("resolution") or "x".join(str(v) for v in cfg.get("image_size", ()))
+    print(f"wrote {out}: {extra['format']} {extra['source']} -> {meta['architecture']}, width {cfg['width_mult']:g}, "
+          f"{size} px, {cfg['num_classes']} classes, preset {cfg['preset']}")
     return 0

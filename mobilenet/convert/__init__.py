@@ -135,12 +135,20 @@ def convert(
     from ..checkpoint import save
     from ..preprocessing import Preprocessing
 
-    model = import_model(src, format, width_mult=width_mult, resolution=resolution,
-                         drop_background=drop_background, prototxt=prototxt)
-    meta = model.weights_metadata  # type: ignore[attr-defined]
     out_path = Path(out) if out is not None else default_output(src)
     if out_path.resolve() == Path(src).resolve():
         raise ValueError(f"refusing to overwrite the source {src}; choose another --out")
+    fmt = detect_format(src) if format == "auto" else format
+    if fmt == "tflite":
+        from ..detection.tflite_import import import_detect_tflite, is_detection_tflite
+
+        if is_detection_tflite(src):  # TF Object Detection API SSD: a detector, not a classifier
+            det = import_detect_tflite(src)
+            meta = det.weights_metadata  # type: ignore[attr-defined]
+            return save(det, out_path, class_names=meta["class_names"], extra=meta["extra"])
+    model = import_model(src, format, width_mult=width_mult, resolution=resolution,
+                         drop_background=drop_background, prototxt=prototxt)
+    meta = model.weights_metadata  # type: ignore[attr-defined]
     pre = Preprocessing.from_dict(meta["preprocessing"]) if meta["preprocessing"] else None
     return save(model, out_path, class_names=meta["class_names"], preprocessing=pre,
                 extra=meta["extra"])
