@@ -116,6 +116,20 @@ def test_tf_preset_quantizes_with_frozen_padding(tmp_path):
     assert meta["config"]["preset"] == "tf" and meta["quantization"]["input_size"] == [64, 64]
 
 
+def test_qat_tf_preset_keeps_relu6_as_fixed_range():
+    model = mobilenet.create_model("mobilenet_v1_025_128", preset="tf", resolution=32, num_classes=4).train()
+    with torch.no_grad():
+        model(torch.randn(16, 3, 32, 32))
+    model.eval()
+    batches = [(torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,))) for _ in range(2)]
+    q = quantize_qat(model, lambda: iter(batches), epochs=1)
+    fused = [m for m in q.modules() if type(m).__name__ == "ConvReLU2d"]
+    # every ReLU6 is a fused ReLU whose uint8 output range is exactly [0, 6]
+    assert len(fused) == 27 and all(m.scale == pytest.approx(6 / 255) and m.zero_point == 0 for m in fused)
+    with torch.no_grad():
+        assert q(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
 def test_quantize_rejects_bad_calibration():
     model = mobilenet.create_model("mobilenet_v1_025_128", resolution=64)
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):

@@ -1,15 +1,21 @@
 """int8 quantization for the x86 CPU: post-training static (PTQ) and quantization-aware training (QAT).
 
-Which path, and why (measured on this project's 2-core AVX-512/VNNI CPU, torch 2.13, batch 1,
-``mobilenet_v1_100_224``; re-measure with ``mobilenet bench``):
+Which path, and why (measured on this project's shared 2-core AMD EPYC with AVX-512 VNNI, torch 2.13,
+onnxruntime 1.32, batch 1, 1 thread, variants interleaved in one run; re-measure with ``mobilenet bench``):
 
-* ``torch.ao.quantization`` FX graph mode with the ``x86`` engine (fbgemm/oneDNN int8 kernels,
-  per-channel symmetric int8 weights, uint8 activations with histogram calibration): about 4x faster
-  than eager fp32 and it runs eagerly, with no compile step. It is the default here.
-* ONNX Runtime static quantization (QDQ, per-channel) is within a few percent of it: see
-  :func:`quantize_onnx` (the int8 ONNX export).
-* PT2E (``torch.export`` + ``torchao``'s ``X86InductorQuantizer`` + ``torch.compile``) was slower than
-  eager fp32 on this CPU at batch 1 and needs a minute of compilation, so it is not used.
+* ONNX Runtime static quantization (QDQ, per-channel int8 weights, uint8 activations), see
+  :func:`quantize_onnx`: the fastest int8 path, 4.75x eager fp32 on ``mobilenet_v1_100_224``
+  (5.1 vs 24.2 ms) and 8.7x on the small TF Lite 0.25-128 model (0.40 vs 3.50 ms).
+* ``torch.ao.quantization`` FX graph mode with the ``x86`` engine (fbgemm/oneDNN int8 kernels):
+  3.8x eager fp32 on ``mobilenet_v1_100_224`` (6.3 ms), but only 1.15x on the 0.25-128 model, where
+  per-op overhead dominates. It runs in PyTorch with no extra dependency; it is :func:`quantize_ptq`.
+* PT2E (``torch.export`` + ``torchao``'s ``X86InductorQuantizer`` + ``torch.compile``) took 12 ms
+  against 15 ms for eager fp32 on ``mobilenet_v1_100_224`` and a minute to compile, so it is not used.
+
+Accuracy on the imported TF Lite 0.25-128 model, 100 ImageNet photos (one per class; calibrated on
+the same photos): float 44%, ONNX Runtime int8 41% (82% top-1 agreement), torch int8 39% (70%).
+That model is small and was trained for TF Lite's own quantization; recovering the last points
+needs QAT on ImageNet (:func:`quantize_qat`), which this project has no training set for.
 
 The quantized model is a ``torch.fx.GraphModule`` over :class:`~mobilenet.deploy.static.StaticMobileNet`
 (fixed input size, frozen SAME padding). :func:`save_quantized` writes it as TorchScript with the
@@ -168,6 +174,30 @@ def _cap_relu6_ranges(prepared: torch.fx.GraphModule, conv_names: set[str]) -> i
     return capped
 
 
+def _fix_relu6_fake_quant(prepared: torch.fx.GraphModule, conv_names: set[str]) -> int:
+    """QAT: outputs of former ReLU6 convs get a fixed [0, 6] uint8 fake quantizer (scale 6/255).
+
+    Fake-quantizing a ReLU output to [0, 6] clamps it at 6, so training sees exactly ReLU6 plus
+    quantization noise, and the converted model keeps that range (TF Lite's scheme).
+    """
+    from torch.ao.quantization.fake_quantize import FixedQParamsFakeQuantize
+    from torch.ao.quantization.observer import FixedQParamsObserver
+
+    fixed = 0
+    for node in prepared.graph.nodes:
+        if node.op != "call_module" or not node.args or not hasattr(node.args[0], "target"):
+            continue
+        source = node.args[0]
+        module = getattr(prepared, str(node.target), None)
+        if source.op != "call_module" or source.target not in conv_names or not hasattr(module, "calculate_qparams"):
+            continue
+        observer = FixedQParamsObserver.with_args(scale=6.0 / 255, zero_point=0, dtype=torch.quint8, quant_min=0,
+                                                  quant_max=255)
+        setattr(prepared, str(node.target), FixedQParamsFakeQuantize(observer=observer))
+        fixed += 1
+    return fixed
+
+
 def quantize_ptq(
     model: MobileNetV1,
     calibration: torch.Tensor | Iterable[torch.Tensor],
@@ -247,8 +277,11 @@ def quantize_qat(
         raise ValueError("no training batches for QAT")
     example = first[0][:1]
     float_static = static_model(model, tuple(example.shape[-2:]))
+    relu6_convs = _relu6_to_relu(float_static)
     with quantized_engine(engine), _quiet_deprecations():
         prepared = prepare_qat_fx(float_static.train(), _qconfig_mapping(engine, qat=True), (example,))
+        if relu6_convs and _fix_relu6_fake_quant(prepared, relu6_convs) != len(relu6_convs):
+            raise RuntimeError("internal: not every ReLU6 conv output had a fake quantizer to fix")
         opt = torch.optim.Adam([p for p in prepared.parameters() if p.requires_grad], lr=lr)
         for epoch in range(epochs):
             prepared.train()
