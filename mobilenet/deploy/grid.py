@@ -154,6 +154,10 @@ def plot_grid(rows: Sequence[GridRow], path: str | os.PathLike[str], *, title: s
     ax.step([r.median_ms for r in front], [r.top1 for r in front], where="post", color="black", lw=1,
             label="Pareto frontier")
     ax.set_xscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))  # 5, 10, 20 ms rather than 5x10^0
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel("latency per batch on this machine (ms, median, log scale)")
     ax.set_ylabel("ImageNet top-1 (%), TF-slim published")
     ax.set_title(title or "MobileNet v1: latency vs accuracy (labels: input resolution)")
