@@ -59,8 +59,9 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
 
 def model_metadata(model: nn.Module) -> dict[str, Any]:
     """Architecture name and config of a model this package can rebuild."""
-    if isinstance(model, MobileNetV1):
-        return {"architecture": "mobilenet_v1", "config": model.config.to_dict()}
+    if isinstance(model, MobileNetV1):  # BN folded away (mobilenet.deploy.fold) is another state-dict layout
+        arch = "mobilenet_v1_folded" if getattr(model, "bn_folded", False) else "mobilenet_v1"
+        return {"architecture": arch, "config": model.config.to_dict()}
     to_metadata = getattr(model, "to_metadata", None)
     if callable(to_metadata):
         return to_metadata()
@@ -93,31 +94,27 @@ def save(
     return path
 
 
-def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state_dict, metadata) of a weights file, with clear errors for missing or foreign files."""
+def _open(path: str | os.PathLike[str], *, tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise WeightsFileError(f"weights file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsFileError(f"{path} is not a readable safetensors file ({e})") from None
-    return tensors, _parse_metadata(header, path)
+    return state, _parse_metadata(header, path)
+
+
+def read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, metadata) of a weights file, with clear errors for missing or foreign files."""
+    return _open(path, tensors=True)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata of a weights file without loading its tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsFileError(f"weights file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsFileError(f"{path} is not a readable safetensors file ({e})") from None
-    return _parse_metadata(header, path)
+    return _open(path, tensors=False)[1]
 
 
 def _parse_metadata(header: dict[str, str], path: Path) -> dict[str, Any]:

@@ -10,8 +10,8 @@ import re
 import shlex
 
 import pytest
-
 from conftest import REPO
+
 from mobilenet.cli import main
 
 BLOCK = re.compile(r"<!-- generated: (mobilenet [^>]*?) -->\n(.*?)\n<!-- end generated -->", re.S)

@@ -14,7 +14,6 @@ unfolded ones without ``*.bn.*`` and with ``*.conv.bias`` added.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import BUILDERS, FORMAT_VERSION, METADATA_KEY, atomic_write, load_state_strict, read
+from ..checkpoint import load_state_strict, read, save
 from ..model import MobileNetConfig, MobileNetV1
 from ..preprocessing import Preprocessing
 
@@ -83,8 +82,6 @@ def build_folded(config: MobileNetConfig | dict[str, Any]) -> MobileNetV1:
     return fold_bn(MobileNetV1.from_config(config), inplace=True)  # type: ignore[return-value]
 
 
-# `mobilenet.load` finds folded files through the checkpoint registry.
-BUILDERS.setdefault(ARCHITECTURE, build_folded)
 
 
 def save_folded(
@@ -99,8 +96,6 @@ def save_folded(
 
     ``class_names`` / ``preprocessing`` default to those in ``model.weights_metadata`` when present.
     """
-    from safetensors.torch import save as safetensors_bytes
-
     if not isinstance(model, MobileNetV1) or not getattr(model, "bn_folded", False):
         raise TypeError("save_folded expects a MobileNetV1 returned by fold_bn")
     source = getattr(model, "weights_metadata", None) or {}
@@ -109,20 +104,8 @@ def save_folded(
     if preprocessing is None:
         pre = source.get("preprocessing")
         preprocessing = Preprocessing.from_dict(pre) if pre else Preprocessing.imagenet(model.config.resolution)
-    meta = {
-        "architecture": ARCHITECTURE,
-        "config": model.config.to_dict(),
-        "format_version": FORMAT_VERSION,
-        "class_names": list(class_names) if class_names is not None else None,
-        "preprocessing": preprocessing.to_dict(),
-        "extra": {**source.get("extra", {}), **(extra or {}), "bn_folded": True},
-    }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(meta)})
-    path = Path(path)
-    with atomic_write(path) as f:
-        f.write(blob)
-    return path
+    extra = {**source.get("extra", {}), **(extra or {}), "bn_folded": True}
+    return save(model, path, class_names=class_names, preprocessing=preprocessing, extra=extra)
 
 
 def load_folded(path: str | os.PathLike[str]) -> MobileNetV1:
