@@ -6,19 +6,27 @@ input_scale * kernel_scale. We dequantize both and give each conv an identity BN
 folded bias (see ``imported._unit_state``), so our float model computes conv(x) + bias -> ReLU6.
 The input quantization (uint8, scale 1/128, zero point 128) becomes the preprocessing:
 x_float = (pixel - 128) / 128.
+
+A quantized (quantization-aware trained) file also tells us the grids the model was trained to run
+on; they are recorded in the weights' ``extra`` metadata for ``mobilenet quantize`` to reuse
+(:func:`quantization_grids`): ``activation_ranges`` (the float range [min, max] of the input and of
+the output of each conv-bn-act unit and of the logits, keyed ``input``, ``stem``, ``blocks.{i}.dw``,
+``blocks.{i}.pw``, ``classifier``) and ``weight_quantization`` (per conv weight of our state dict:
+``scale``, ``zero_point``, ``quant_min``, ``quant_max``, one entry per tensor or per output channel).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..model import LAYERS, STEM_STRIDE
 from ..preprocessing import Preprocessing
 from .imported import ConvUnit, Imported, depthwise_1hwc_to_oihw, ohwi_to_oihw
-from .tflite_format import TFLiteModel, TFLiteOperator, read_tflite
+from .tflite_format import TFLiteModel, TFLiteOperator, TFLiteTensor, read_tflite
 
 _CONVS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 # Ops that carry no weights in a classifier graph; anything else is refused (not a plain MobileNet v1).
@@ -34,6 +42,65 @@ def _constant(model: TFLiteModel, index: int, producers: dict[int, TFLiteOperato
     if values is None:
         raise ValueError(f"{model.path}: {what} ({t.name!r}) is not a constant tensor")
     return values
+
+
+_QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
+
+
+def _float_range(t: TFLiteTensor) -> list[float] | None:
+    """[min, max] of the float values a per-tensor uint8/int8 activation can take (None: not quantized)."""
+    if not t.is_quantized or t.scale.size != 1 or t.dtype not in _QRANGE:
+        return None
+    qmin, qmax = _QRANGE[t.dtype]
+    scale, zp = float(t.scale[0]), int(t.zero_point[0])
+    return [(qmin - zp) * scale, (qmax - zp) * scale]
+
+
+def _weight_grid(model: TFLiteModel, index: int, producers: dict[int, TFLiteOperator]) -> dict[str, Any] | None:
+    """The quantization grid of a stored kernel (looking through DEQUANTIZE), for our (O, ...) layout.
+
+    TF Lite quantizes conv kernels along the output channel (OHWI dim 0), depthwise kernels along
+    the channel (1HWC dim 3) and fully-connected ones along dim 0: all our axis 0 after the transpose.
+    """
+    t = model.tensors[index]
+    if not t.is_constant and index in producers and producers[index].opcode == "DEQUANTIZE":
+        t = model.tensors[producers[index].inputs[0]]
+    if not t.is_quantized or t.dtype not in _QRANGE:
+        return None
+    qmin, qmax = _QRANGE[t.dtype]
+    return {"scale": [float(v) for v in t.scale], "zero_point": [int(v) for v in t.zero_point],
+            "quant_min": qmin, "quant_max": qmax, "axis": 0}
+
+
+def quantization_grids(model: TFLiteModel, units: list[TFLiteOperator], head: TFLiteOperator | None
+                       ) -> tuple[dict[str, list[float]], dict[str, dict[str, Any]]]:
+    """(activation ranges, weight grids) of a quantized MobileNet v1 file, keyed by our module/state names.
+
+    ``units``: the 27 conv ops in order (stem, then dw/pw per block); ``head``: the classifier op or None.
+    Empty dicts for a float file.
+    """
+    names = ["stem"] + [f"blocks.{i}.{part}" for i in range(len(LAYERS)) for part in ("dw", "pw")]
+    producers = {o: op for op in model.operators for o in op.outputs}
+    ranges: dict[str, list[float]] = {}
+    weights: dict[str, dict[str, Any]] = {}
+    first = _float_range(model.tensors[units[0].inputs[0]])
+    if first is not None:
+        ranges["input"] = first
+    for name, op in zip(names, units, strict=True):
+        r = _float_range(model.tensors[op.outputs[0]])
+        if r is not None:
+            ranges[name] = r
+        grid = _weight_grid(model, op.inputs[1], producers)
+        if grid is not None:
+            weights[f"{name}.conv.weight"] = grid
+    if head is not None:
+        r = _float_range(model.tensors[head.outputs[0]])
+        if r is not None:
+            ranges["classifier"] = r
+        grid = _weight_grid(model, head.inputs[1], producers)
+        if grid is not None:
+            weights["classifier.weight"] = grid
+    return ranges, weights
 
 
 def import_tflite(path: str | os.PathLike[str]) -> Imported:
@@ -69,7 +136,7 @@ def import_tflite(path: str | os.PathLike[str]) -> Imported:
         units.append(ConvUnit(name=f"{where} {model.tensors[op.inputs[1]].name.split(';')[0]}", weight=weight,
                               bias=bias))
 
-    cls_w = cls_b = None
+    cls_w = cls_b = head = None
     if len(convs) > n_body:
         head = convs[-1]
         if head.opcode == "CONV_2D" and head.options.get("fused_activation_function") not in (None, "NONE"):
@@ -90,6 +157,11 @@ def import_tflite(path: str | os.PathLike[str]) -> Imported:
     else:
         pre = Preprocessing.tf(resolution)
     quantized = any(model.tensors[op.inputs[1]].is_quantized for op in convs)
+    extra: dict[str, Any] = {"quantized": quantized, "input_dtype": inp.dtype}
+    ranges, weight_grids = quantization_grids(model, convs[:n_body], head)
+    if ranges:
+        extra["activation_ranges"] = ranges
+    if weight_grids:
+        extra["weight_quantization"] = weight_grids
     return Imported(units=units, classifier_weight=cls_w, classifier_bias=cls_b, preset="tf", format="tflite",
-                    source=Path(src).name, resolution=resolution, preprocessing=pre,
-                    extra={"quantized": quantized, "input_dtype": inp.dtype})
+                    source=Path(src).name, resolution=resolution, preprocessing=pre, extra=extra)

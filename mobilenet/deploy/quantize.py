@@ -24,6 +24,7 @@ model's metadata inside, since safetensors cannot hold packed int8 weights.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -174,6 +175,202 @@ def _cap_relu6_ranges(prepared: torch.fx.GraphModule, conv_names: set[str]) -> i
     return capped
 
 
+def recorded_grids(model: nn.Module) -> tuple[dict[str, tuple[float, float]], dict[str, dict[str, Any]]]:
+    """(activation ranges, weight grids) an importer recorded in ``model.weights_metadata["extra"]``.
+
+    A quantization-aware trained import (e.g. a uint8 ``.tflite``, see
+    :func:`mobilenet.convert.tflite.quantization_grids`) carries the ranges its activations were
+    trained in (``activation_ranges``: ``input``, ``stem``, ``blocks.{i}.dw|pw``, ``classifier`` ->
+    [min, max]) and the grids its weights live on (``weight_quantization``: state-dict name ->
+    scale/zero_point/quant_min/quant_max). Empty dicts when the model has none.
+    """
+    extra = (getattr(model, "weights_metadata", None) or {}).get("extra") or {}
+    ranges = {str(k): (float(v[0]), float(v[1])) for k, v in (extra.get("activation_ranges") or {}).items()}
+    for name, (lo, hi) in ranges.items():
+        if not lo <= 0 <= hi or lo == hi:
+            raise ValueError(f"recorded activation range of {name!r} is [{lo}, {hi}]: it must contain 0 and not be "
+                             "empty (quantized zero must be exact)")
+    return ranges, dict(extra.get("weight_quantization") or {})
+
+
+def _observer_range_name(prepared: torch.fx.GraphModule, node: torch.fx.Node) -> str | None:
+    """The ``activation_ranges`` key for an observer node, from the tensor it observes (None: no such key).
+
+    The placeholder is ``input``; a fused conv-bn-act ``blocks.3.pw.conv`` is ``blocks.3.pw``; the
+    classifier is ``classifier``. Padding (the tf preset's frozen SAME pads, which torch runs in
+    float between a dequantize and a quantize) keeps the range of what it pads, so the requantization
+    after it lands on the same grid and is exact.
+    """
+    source = node.args[0] if node.args else None
+    while isinstance(source, torch.fx.Node) and source.op == "call_module" and source.args and (
+            str(source.target).startswith("activation_post_process")
+            or isinstance(prepared.get_submodule(str(source.target)), nn.ZeroPad2d)):
+        source = source.args[0]
+    if not isinstance(source, torch.fx.Node):
+        return None
+    if source.op == "placeholder":
+        return "input"
+    if source.op != "call_module":
+        return None
+    target = str(source.target)
+    return target[: -len(".conv")] if target.endswith(".conv") else target
+
+
+def _fix_recorded_ranges(prepared: torch.fx.GraphModule, ranges: dict[str, tuple[float, float]]) -> set[str]:
+    """After calibration: observers of tensors with a recorded range get exactly that range.
+
+    The range [min, max] becomes scale (max - min) / 255 and zero point -min / scale, the grid the
+    source model ran on (for TF Lite's QAT models: 6/255 for every ReLU6 output, 1/128 with zero
+    point 128 for the input, so quantizing the input is exact). Returns the keys that were applied.
+    """
+    from torch.ao.quantization.observer import MinMaxObserver
+
+    applied = set()
+    for node in prepared.graph.nodes:
+        if node.op != "call_module":
+            continue
+        observer = getattr(prepared, str(node.target), None)
+        if not isinstance(observer, MinMaxObserver) and not hasattr(observer, "calculate_qparams"):
+            continue
+        if not str(node.target).startswith("activation_post_process"):
+            continue
+        key = _observer_range_name(prepared, node)
+        if key is None or key not in ranges:
+            continue
+        lo, hi = ranges[key]
+        fixed = MinMaxObserver(dtype=observer.dtype, qscheme=torch.per_tensor_affine,
+                               reduce_range=getattr(observer, "reduce_range", False),
+                               quant_min=observer.quant_min, quant_max=observer.quant_max)
+        fixed.min_val = torch.tensor(lo)
+        fixed.max_val = torch.tensor(hi)
+        setattr(prepared, str(node.target), fixed)
+        applied.add(key)
+    return applied
+
+
+class FixedWeightQParams(nn.Module):
+    """A weight "observer" that observes nothing and returns given qparams (torch's observer protocol).
+
+    Used so that weights already on an int8/uint8 grid (a quantization-aware trained import) are
+    quantized on *that* grid, which is lossless, rather than on a new per-channel symmetric one,
+    which rounds them a second time. ``scale``/``zero_point``: one value (per tensor) or one per
+    output channel (axis 0); ``zero_point`` is in torch's qint8 range [-128, 127].
+    """
+
+    def __init__(self, scale: list[float], zero_point: list[int], dtype: torch.dtype = torch.qint8) -> None:
+        super().__init__()
+        if len(scale) != len(zero_point) or not scale:
+            raise ValueError(f"scale and zero_point must be non-empty and of equal length, got {len(scale)} "
+                             f"and {len(zero_point)}")
+        self.dtype = dtype
+        self.quant_min, self.quant_max = -128, 127
+        self.ch_axis = 0
+        self.qscheme = torch.per_tensor_affine if len(scale) == 1 else torch.per_channel_affine
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+        self.register_buffer("zero_point", torch.tensor(zero_point, dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scale, self.zero_point
+
+
+# fbgemm's depthwise kernels multiply uint8 activations by int8 weights in pairs summed in int16
+# (vpmaddubsw), which saturates above 32767: with full-range activations (up to 255) the raw int8
+# weights must stay within +-64 (2 * 255 * 64 = 32640). Measured on the TF Lite 0.25 import: full
+# int8 depthwise weights gave errors of up to 38 output steps in blocks 6-10 (38% of top-1 agreement lost).
+DEPTHWISE_WEIGHT_LIMIT = 64
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    conv = module[0] if isinstance(module, nn.Sequential) and len(module) else module
+    return isinstance(conv, nn.Conv2d) and conv.groups > 1 and conv.groups == conv.in_channels
+
+
+def _conv_weight(module: nn.Module) -> torch.Tensor:
+    conv = module[0] if isinstance(module, nn.Sequential) and len(module) else module
+    return conv.weight.detach()
+
+
+def _depthwise_scales(weight: torch.Tensor, grid_scale: float | None) -> list[float]:
+    """Per-channel symmetric scales keeping ``|q| <= DEPTHWISE_WEIGHT_LIMIT`` for a ``(C, 1, kh, kw)`` weight.
+
+    A channel whose values are multiples of ``grid_scale`` needing at most the limit of levels keeps
+    that scale (lossless); others get ``max|w| / (limit - 1)``.
+    """
+    peak = weight.abs().flatten(1).amax(1).double()  # (C,)
+    scales = []
+    for p in peak.tolist():
+        if grid_scale is not None and round(p / grid_scale) <= DEPTHWISE_WEIGHT_LIMIT:
+            scales.append(grid_scale)
+        else:
+            scales.append(max(p / (DEPTHWISE_WEIGHT_LIMIT - 1), 1e-8))  # all-zero channel: any scale is exact
+    return scales
+
+
+def _guard_depthwise(prepared: torch.fx.GraphModule, done: set[str]) -> int:
+    """Depthwise convs not in ``done`` get 7-bit per-channel symmetric weights (see DEPTHWISE_WEIGHT_LIMIT)."""
+    from torch.ao.quantization import QConfig
+
+    guarded = 0
+    for name, module in prepared.named_modules():
+        qconfig = getattr(module, "qconfig", None)
+        if name in done or qconfig is None or not _is_depthwise(module):
+            continue
+        scales = _depthwise_scales(_conv_weight(module), None)
+        module.qconfig = QConfig(activation=qconfig.activation, weight=functools.partial(
+            FixedWeightQParams, scale=scales, zero_point=[0] * len(scales)))
+        guarded += 1
+    return guarded
+
+
+def prepared_reduce_range(prepared: torch.fx.GraphModule) -> bool:
+    """Whether the activation observers of a prepared model use 7-bit ranges (then int16 cannot saturate)."""
+    return any(getattr(m, "reduce_range", False) for n, m in prepared.named_modules()
+               if n.startswith("activation_post_process"))
+
+
+def _fix_weight_grids(prepared: torch.fx.GraphModule, grids: dict[str, dict[str, Any]]) -> set[str]:
+    """Give each conv whose weight has a recorded grid a weight observer returning that grid.
+
+    A uint8 grid (quant range [0, 255], zero point z) is the same grid in int8 with zero point
+    z - 128, so quantizing the (dequantized) weights again is lossless. Depthwise convs are the
+    exception: their raw int8 values must stay within +-64 (see DEPTHWISE_WEIGHT_LIMIT), so they get
+    zero-point-free per-channel scales, on the recorded grid where a channel fits in 64 levels.
+    Grids that do not fit int8 are left to the default observer. Returns the names of the modules
+    (``blocks.0.dw.conv``) that were given a grid.
+    """
+    from torch.ao.quantization import QConfig
+
+    applied = set()
+    for name, grid in grids.items():
+        module_name = name[: -len(".weight")] if name.endswith(".weight") else name
+        try:
+            module = prepared.get_submodule(module_name)
+        except AttributeError:
+            continue
+        qconfig = getattr(module, "qconfig", None)
+        qmin, qmax = int(grid.get("quant_min", -128)), int(grid.get("quant_max", 127))
+        if qconfig is None or qmax - qmin > 255 or int(grid.get("axis", 0)) != 0:
+            continue
+        scale = [float(v) for v in grid["scale"]]
+        if _is_depthwise(module):
+            weight = _conv_weight(module)
+            if len(scale) == 1:
+                scales = _depthwise_scales(weight, scale[0])
+            else:  # per-channel grid: each channel keeps its own scale where it fits
+                scales = [_depthwise_scales(weight[c : c + 1], s)[0] for c, s in enumerate(scale)]
+            observer = functools.partial(FixedWeightQParams, scale=scales, zero_point=[0] * len(scales))
+        else:
+            shift = -128 - qmin  # uint8 [0, 255] -> int8 [-128, 127]
+            zero_point = [int(z) + shift for z in grid["zero_point"]]
+            observer = functools.partial(FixedWeightQParams, scale=scale, zero_point=zero_point)
+        module.qconfig = QConfig(activation=qconfig.activation, weight=observer)
+        applied.add(module_name)
+    return applied
+
+
 def _fix_relu6_fake_quant(prepared: torch.fx.GraphModule, conv_names: set[str]) -> int:
     """QAT: outputs of former ReLU6 convs get a fixed [0, 6] uint8 fake quantizer (scale 6/255).
 
@@ -205,6 +402,7 @@ def quantize_ptq(
     engine: str = "x86",
     reduce_range: bool | None = None,
     observer: str = "minmax",
+    use_recorded: bool = True,
     batch_size: int = 16,
     progress: bool = False,
 ) -> torch.fx.GraphModule:
@@ -216,6 +414,10 @@ def quantize_ptq(
     ``observer``: activation range estimation, ``"minmax"`` (default: instant, and on the imported TF Lite
     0.25 model it kept 39% top-1 of the float 44% on 100 ImageNet photos where ``"histogram"`` kept 35%).
     ReLU6 outputs get the range [0, 6] either way (see :func:`_relu6_to_relu`).
+    ``use_recorded``: when the model carries the activation ranges and weight grids of a
+    quantization-aware trained source (:func:`recorded_grids`), use them instead of the calibrated
+    ranges and the per-channel symmetric weight grid (measured on the TF Lite 0.25-128 import: see
+    the module docstring).
     Returns a module ``(B, C, H, W) float -> (B, num_classes) float`` running int8 kernels inside.
     """
     if not isinstance(model, MobileNetV1):
@@ -234,6 +436,13 @@ def quantize_ptq(
                 prepared(x)
         if relu6_convs and _cap_relu6_ranges(prepared, relu6_convs) != len(relu6_convs):
             raise RuntimeError("internal: not every ReLU6 conv output had an observer to cap")
+        gridded: set[str] = set()
+        if use_recorded:
+            ranges, grids = recorded_grids(model)
+            _fix_recorded_ranges(prepared, ranges)  # after the cap: a recorded range wins
+            gridded = _fix_weight_grids(prepared, grids)
+        if not prepared_reduce_range(prepared):
+            _guard_depthwise(prepared, gridded)
         quantized = convert_fx(prepared)
     quantized.quantized_engine = engine  # type: ignore[assignment]
     return quantized
