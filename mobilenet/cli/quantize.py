@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("x86", "fbgemm", "onednn"), default="x86", help="torch int8 kernels")
     p.add_argument("--observer", choices=("histogram", "minmax"), default="minmax",
                    help="activation range estimation for PTQ (histogram: searches a clipping range, slower)")
+    p.add_argument("--calibrated-ranges", action="store_true",
+                   help="ignore the activation ranges and weight grids a quantization-aware trained import recorded "
+                        "(e.g. from a uint8 .tflite) and calibrate everything")
     p.add_argument("--eval", default=None, help="labelled images for top-1 before/after (folder or dataset)")
     p.add_argument("--num-eval", type=int, default=None, help="evaluation images to use (default: all)")
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning instead of plain PTQ")
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         quantize_ptq,
         quantize_qat,
         quantized_engine,
+        recorded_grids,
         save_quantized,
     )
     from ..preprocessing import Preprocessing
@@ -95,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
         Preprocessing.imagenet(model.config.resolution)
     calib, _ = load_images(args.calib, pre, limit=args.num_calib)
     example = calib[:1]
+    ranges, grids = ({}, {}) if args.calibrated_ranges else recorded_grids(model)
+    if ranges or grids:
+        print(f"using the source's recorded quantization: {len(ranges)} activation ranges, {len(grids)} weight grids "
+              "(--calibrated-ranges to calibrate instead)")
 
     with tempfile.TemporaryDirectory() as tmp:
         if backend == "torch":
@@ -102,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                 q = quantize_qat(model, _train_batches(args, model, pre), epochs=args.epochs, lr=args.lr,
                                  engine=args.engine, progress=True)
             else:
-                q = quantize_ptq(model, calib, engine=args.engine, observer=args.observer, progress=True)
+                q = quantize_ptq(model, calib, engine=args.engine, observer=args.observer,
+                                 use_recorded=not args.calibrated_ranges, progress=True)
             path = save_quantized(q, args.output, example, metadata=model_metadata(model))
 
             def int8(x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                     return q(x)
         else:
             float_onnx = export_onnx(model, Path(tmp) / "float.onnx", resolution=calib.shape[-1])
-            path = quantize_onnx(float_onnx, args.output, calib)
+            path = quantize_onnx(float_onnx, args.output, calib, activation_ranges=ranges, weight_grids=grids)
             sess = onnx_session(path, threads=args.threads or torch.get_num_threads())
             name = sess.get_inputs()[0].name
 

@@ -566,17 +566,75 @@ def load_quantized(path: str | os.PathLike[str]) -> tuple[torch.jit.ScriptModule
     return module.eval(), meta
 
 
+# ONNX ops that pass their input's grid through unchanged (TF Lite keeps the scale across them too).
+_ONNX_SAME_GRID = ("Clip", "Relu", "Pad", "GlobalAveragePool", "AveragePool", "ReduceMean", "Flatten", "Reshape",
+                   "Squeeze", "Unsqueeze", "Identity")
+
+
+def _uint8_grid(lo: float, hi: float) -> tuple[float, int]:
+    scale = (hi - lo) / 255.0
+    return scale, int(round(-lo / scale))
+
+
+def onnx_overrides(model: Any, activation_ranges: dict[str, tuple[float, float]],
+                   weight_grids: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """ONNX Runtime ``TensorQuantOverrides`` that put a float MobileNet ONNX graph on recorded grids.
+
+    ``model``: the float graph from :func:`~mobilenet.deploy.export.export_onnx` (conv weights are
+    initializers named like our state dict, ``blocks.3.pw.conv.weight``, BN folded). The graph input
+    gets ``activation_ranges["input"]``; each conv's output gets its unit's range and passes it
+    through the ops in ``_ONNX_SAME_GRID`` (Clip, Pad, pooling, reshapes); conv weights with a
+    recorded grid get it (uint8 [0, 255] zero point z -> int8 zero point z - 128: the same grid).
+    """
+    import numpy as np
+    from onnxruntime.quantization import QuantType
+
+    grid_of: dict[str, tuple[float, float]] = {}
+    if "input" in activation_ranges and len(model.graph.input):
+        grid_of[model.graph.input[0].name] = activation_ranges["input"]
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv" and len(node.input) > 1:
+            weight = node.input[1]
+            unit = weight[: -len(".weight")] if weight.endswith(".weight") else weight
+            unit = unit[: -len(".conv")] if unit.endswith(".conv") else unit
+            if unit in activation_ranges:
+                grid_of[node.output[0]] = activation_ranges[unit]
+            grid = weight_grids.get(weight)
+            if grid is not None and len(grid["scale"]) == 1 and int(grid.get("quant_max", 127)) - \
+                    int(grid.get("quant_min", -128)) <= 255:
+                shift = -128 - int(grid.get("quant_min", -128))
+                overrides[weight] = [{"quant_type": QuantType.QInt8, "scale": np.array(grid["scale"][0], np.float32),
+                                      "zero_point": np.array(int(grid["zero_point"][0]) + shift, np.int8)}]
+            elif grid is not None:  # per-channel grid (axis 0 of the OIHW weight)
+                overrides[weight] = [{"quant_type": QuantType.QInt8, "axis": 0, "scale": np.array(sc, np.float32),
+                                      "zero_point": np.array(int(z) - 128 - int(grid.get("quant_min", -128)), np.int8)}
+                                     for sc, z in zip(grid["scale"], grid["zero_point"], strict=True)]
+        elif node.op_type in _ONNX_SAME_GRID and node.input and node.input[0] in grid_of:
+            grid_of[node.output[0]] = grid_of[node.input[0]]
+    for tensor, (lo, hi) in grid_of.items():
+        scale, zero_point = _uint8_grid(lo, hi)
+        overrides[tensor] = [{"quant_type": QuantType.QUInt8, "scale": np.array(scale, np.float32),
+                              "zero_point": np.array(zero_point, np.uint8)}]
+    return overrides
+
+
 def quantize_onnx(
     float_onnx: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     calibration: torch.Tensor,
     *,
     per_channel: bool = True,
+    activation_ranges: dict[str, tuple[float, float]] | None = None,
+    weight_grids: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """ONNX Runtime static int8 quantization (QDQ format) of a float ONNX file from :func:`export_onnx`.
 
     Per-channel symmetric int8 weights, uint8 activations calibrated (min/max) on ``calibration``
     ``(N, C, H, W)``. The metadata_props of the float file are carried over.
+    ``activation_ranges``/``weight_grids`` (from :func:`recorded_grids`): the grids of a
+    quantization-aware trained source, given to ONNX Runtime as tensor overrides in place of the
+    calibrated ranges and the per-channel weight grid (see :func:`onnx_overrides`).
     """
     try:
         import onnx
@@ -603,8 +661,10 @@ def quantize_onnx(
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(float_onnx), str(pre), skip_symbolic_shape=True)
         q = Path(tmp) / "q.onnx"
+        overrides = onnx_overrides(onnx.load(str(pre)), activation_ranges or {}, weight_grids or {})
         quantize_static(str(pre), str(q), _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        extra_options={"TensorQuantOverrides": overrides} if overrides else None)
         model = onnx.load(str(q))
     del model.metadata_props[:]
     for k, v in {**props, "quantization": json.dumps({"dtype": "int8", "format": "QDQ"})}.items():
