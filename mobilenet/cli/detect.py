@@ -181,6 +181,9 @@ def _train(args: argparse.Namespace) -> int:
         if model.config.num_classes != len(names):
             model.reset_classes(len(names))
     else:
+        import torch
+
+        torch.manual_seed(args.seed)  # --seed fixes the initial weights too, not only the data order
         model = SSD(SSDConfig(num_classes=len(names), width_mult=args.width_mult,
                               image_size=_image_size(args.image_size), ssdlite=args.ssdlite))
     if args.backbone_weights:
