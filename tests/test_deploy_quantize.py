@@ -1,4 +1,5 @@
-"""int8: PTQ stays close to float on a small trained model, QAT runs, files round-trip, ONNX QDQ, CLI errors."""
+"""int8: PTQ stays close to float on a small trained model, QAT runs, files round-trip, ONNX QDQ, CLI errors,
+and a quantization-aware trained import's recorded grids are used as they are."""
 
 from __future__ import annotations
 
@@ -192,3 +193,96 @@ def test_cli_quantize_errors(tmp_path, capsys):
     assert "no images" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["quantize", "mobilenet_v1_025_128", "-o", "q.pt"])  # --calib is required: argparse exits 2
+
+
+# --- recorded grids of a quantization-aware trained import (issue 5 follow-up) ---------------------------
+
+def _units() -> list[str]:
+    from mobilenet.model import LAYERS
+
+    return ["stem"] + [f"blocks.{i}.{p}" for i in range(len(LAYERS)) for p in ("dw", "pw")]
+
+
+def _import_with_recorded_ranges(tmp_path):
+    """A tiny tf-preset TF Lite import (uint8 per-channel stem kernel) plus TF Lite-style activation ranges."""
+    from mobilenet.convert import import_model
+    from tests.convert_writers import randomize_bn, write_tflite
+
+    torch.manual_seed(0)
+    model = randomize_bn(mobilenet.MobileNetV1(width_mult=0.25, resolution=32, num_classes=5, preset="tf"))
+    ours = import_model(write_tflite(model, tmp_path / "tiny.tflite", quantize_stem=True))
+    extra = ours.weights_metadata["extra"]
+    # the writer quantizes only the stem kernel; the activation ranges a uint8 file would carry are added here
+    assert "activation_ranges" not in extra and set(extra["weight_quantization"]) == {"stem.conv.weight"}
+    extra["activation_ranges"] = {"input": [-1.0, 127 / 128], **{u: [0.0, 6.0] for u in _units()},
+                                  "classifier": [-8.0, 8.0]}
+    return ours
+
+
+def test_recorded_grids_fix_torch_observers_and_weights(tmp_path):
+    from mobilenet.deploy.quantize import DEPTHWISE_WEIGHT_LIMIT, recorded_grids
+
+    model = _import_with_recorded_ranges(tmp_path)
+    ranges, grids = recorded_grids(model)
+    assert ranges["input"] == (-1.0, 127 / 128) and len(grids["stem.conv.weight"]["scale"]) == 8
+    calib = torch.rand(4, 3, 32, 32) * 0.2  # narrow: a calibrated input grid would be 0.2 / 255, not 1 / 128
+    q = quantize_ptq(model, calib)
+    scales = {str(n.args[0].target): getattr(q, n.args[1].target) for n in q.graph.nodes
+              if n.op == "call_function" and n.target is torch.quantize_per_tensor}
+    zero_points = {str(n.args[0].target): getattr(q, n.args[2].target) for n in q.graph.nodes
+                   if n.op == "call_function" and n.target is torch.quantize_per_tensor}
+    # the input is quantized on TF Lite's pixel grid (after the stem's SAME pad, which keeps it)
+    assert scales["stem.pad"] == pytest.approx(1 / 128) and zero_points["stem.pad"] == 128
+    fused = {n: m for n, m in q.named_modules() if type(m).__name__ == "ConvReLU2d"}
+    assert len(fused) == 27 and all(m.scale == pytest.approx(6 / 255) and m.zero_point == 0 for m in fused.values())
+    assert q.classifier.scale == pytest.approx(16 / 255)
+    # the stem kernel is requantized on the file's own per-channel uint8 grid: lossless
+    stem_w = fused["stem.conv"].weight()
+    assert torch.equal(stem_w.dequantize(), model.stem.conv.weight.detach())
+    assert torch.equal(stem_w.q_per_channel_zero_points(),
+                       torch.tensor(grids["stem.conv.weight"]["zero_point"]) - 128)
+    # depthwise kernels stay within +-64 so fbgemm's int16 pair sums cannot saturate
+    for name, m in fused.items():
+        if ".dw." in name:
+            assert m.weight().int_repr().abs().max() <= DEPTHWISE_WEIGHT_LIMIT
+
+
+@pytest.mark.slow  # ~8 s, nearly all of it the first ONNX export of the session
+def test_recorded_grids_become_onnxruntime_overrides(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from mobilenet.deploy.export import export_onnx
+    from mobilenet.deploy.quantize import onnx_overrides, quantize_onnx, recorded_grids
+
+    model = _import_with_recorded_ranges(tmp_path)
+    ranges, grids = recorded_grids(model)
+    float_onnx = export_onnx(model, tmp_path / "f.onnx", resolution=32)
+    graph = onnx.load(str(float_onnx)).graph
+    overrides = onnx_overrides(onnx.load(str(float_onnx)), ranges, grids)
+    clips = [n.output[0] for n in graph.node if n.op_type == "Clip"]
+    assert len(clips) == 27 and all(float(overrides[c][0]["scale"]) == pytest.approx(6 / 255) for c in clips)
+    assert int(overrides[graph.input[0].name][0]["zero_point"]) == 128
+    assert len(overrides["stem.conv.weight"]) == 8 and overrides["stem.conv.weight"][0]["axis"] == 0
+    q = onnx.load(str(quantize_onnx(float_onnx, tmp_path / "q.onnx", torch.rand(2, 3, 32, 32) * 0.2,
+                                    activation_ranges=ranges, weight_grids=grids)))
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
+    first_q = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name)
+    assert float(init[first_q.input[1]]) == pytest.approx(1 / 128) and int(init[first_q.input[2]]) == 128
+
+
+def test_real_quantized_tflite_records_its_grids(shared_data):
+    from mobilenet.convert import import_model
+    from tests.conftest import shared_file
+
+    model = import_model(shared_file("weights", "tflite", "mobilenet_v1_0.25_128_quant.tflite"))
+    extra = model.weights_metadata["extra"]
+    ranges, grids = extra["activation_ranges"], extra["weight_quantization"]
+    assert set(ranges) == {"input", "classifier", *_units()}
+    assert ranges["input"] == [-1.0, 0.9921875]
+    assert all(r[0] == 0 and r[1] == pytest.approx(6.0, abs=1e-3) for u, r in ranges.items() if u in _units())
+    assert len(grids) == 28
+    state = model.state_dict()
+    for name, g in grids.items():  # the imported float weights lie exactly on the recorded grid
+        q = state[name] / g["scale"][0] + g["zero_point"][0]
+        assert (q - q.round()).abs().max() < 1e-3 and q.min() >= g["quant_min"] - 1e-3 and q.max() <= g["quant_max"] + 1e-3
