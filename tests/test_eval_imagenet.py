@@ -31,13 +31,6 @@ INTERPRETER_TOP1 = 45.0
 TOP1_TOLERANCE = 1.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _image(path: Path, value: int = 128) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

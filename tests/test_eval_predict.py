@@ -23,13 +23,6 @@ from mobilenet.preprocessing import Preprocessing
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_accuracy_counts_topk_hits():
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.15, 0.05], [0.2, 0.3, 0.5]])

@@ -17,14 +17,6 @@ from mobilenet.train_state import latest_state, list_states
 CLASSES = ["a", "b", "c"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny_data(n: int = 24, seed: int = 0) -> torch.utils.data.TensorDataset:
     """n 32x32 images whose class shows as a bright band, so a tiny net can learn it."""

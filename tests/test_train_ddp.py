@@ -6,31 +6,18 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mobilenet.checkpoint import read
 from mobilenet.cli import main
-
-
-def _image_folder(root: Path, per_class: int = 8) -> Path:
-    rng = np.random.default_rng(1)
-    for c, name in enumerate(["cat", "dog", "fox"]):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            arr = (rng.random((32, 32, 3)) * 80).astype(np.uint8)
-            arr[10 * c:10 * c + 10] += 150
-            Image.fromarray(arr).save(root / name / f"{i}.png")
-    return root
+from tests.conftest import banded_image_folder
 
 
 @pytest.mark.slow
 def test_torchrun_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path):
-    data = _image_folder(tmp_path / "imgs")
+    data = banded_image_folder(tmp_path / "imgs", seed=1)
     common = ["--data", str(data), "--val-data", str(data), "--width-mult", "0.25", "--resolution", "32",
               "--epochs", "2", "--batch-size", "8", "--lr", "0.05", "--workers", "0", "--augment", "none",
               "--crop-fraction", "1.0", "--no-tensorboard", "--no-curves", "--quiet", "--device", "cpu",

@@ -11,16 +11,15 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mobilenet.checkpoint import read
 from mobilenet.cli import main
 from mobilenet.recipe import TrainConfig
 from mobilenet.train import fit
 from mobilenet.train_state import latest_state
+from tests.conftest import banded_image_folder
 
 # A dataset with random augmentation (noise + flip) and a model with dropout, so that exact
 # resume depends on per-sample seeding and on restored RNG states, not on luck.
@@ -122,20 +121,10 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     assert [r["train_loss"] for r in resumed["history"]] == pytest.approx([r["train_loss"] for r in ref["history"]])
 
 
-def _image_folder(root: Path, per_class: int = 8) -> Path:
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(["cat", "dog", "fox"]):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            arr = (rng.random((32, 32, 3)) * 80).astype(np.uint8)
-            arr[10 * c:10 * c + 10] += 150
-            Image.fromarray(arr).save(root / name / f"{i}.png")
-    return root
-
 
 @pytest.mark.slow
 def test_cli_sigterm_saves_state_and_resume_auto_finishes(tmp_path, capsys):
-    data = _image_folder(tmp_path / "imgs")
+    data = banded_image_folder(tmp_path / "imgs", seed=0)
     run = tmp_path / "run"
     flags = ["--data", str(data), "--val-fraction", "0", "--width-mult", "0.25", "--resolution", "32",
              "--batch-size", "8", "--workers", "0", "--out", str(run), "--no-tensorboard", "--no-curves",
