@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mobilenet.convert.tflite_format import read_tflite
 from mobilenet.detection.anchors import generate_anchors
-from mobilenet.detection.boxes import box_iou
+from mobilenet.detection.parity import tflite_parity
 from mobilenet.detection.tflite_import import file_anchors, import_detect_tflite, read_labelmap
 from tests.conftest import shared_file
 
@@ -62,32 +60,9 @@ def _photos():
 
 @pytest.mark.slow
 def test_parity_with_the_tflite_interpreter(model, detect_path):
-    litert = pytest.importorskip("ai_edge_litert.interpreter", reason="parity needs ai-edge-litert")
-    it = litert.Interpreter(model_path=str(detect_path), num_threads=1)
-    it.allocate_tensors()
-    inp, outs = it.get_input_details()[0], it.get_output_details()
-    torch.set_num_threads(1)
-    refs = matched = 0
-    misses = []
-    for path in _photos():
-        pixels = np.asarray(Image.open(path).convert("RGB").resize((300, 300), Image.BILINEAR))
-        it.set_tensor(inp["index"], pixels[None])
-        it.invoke()
-        boxes, classes, scores, count = (it.get_tensor(d["index"])[0] for d in outs)
-        x = (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()[None] - 128) / 128
-        ours = model.detect(x)[0]
-        for i in range(int(count)):
-            if scores[i] < 0.5:
-                continue
-            refs += 1
-            ref_box = torch.tensor(boxes[i][[1, 0, 3, 2]])[None]  # TF: ymin, xmin, ymax, xmax
-            iou = box_iou(ref_box, ours.boxes)[0] * (ours.labels == int(classes[i]))
-            j = int(iou.argmax()) if iou.numel() else -1
-            if j >= 0 and iou[j] >= 0.9 and abs(float(ours.scores[j]) - float(scores[i])) <= 0.05:
-                matched += 1
-            else:
-                misses.append((path.name, int(classes[i]), float(scores[i])))
-    assert refs >= 20, f"too few reference detections to judge parity ({refs})"
+    pytest.importorskip("ai_edge_litert.interpreter", reason="parity needs ai-edge-litert")
+    parity = tflite_parity(model, detect_path, _photos())
+    assert parity.references >= 20, f"too few reference detections to judge parity ({parity.references})"
     # uint8 activations in TF Lite vs float here: two near-tied anchors can swap places in NMS;
     # everything else must agree (same label, IoU >= 0.9, score within 0.05)
-    assert matched / refs >= 0.95, (matched, refs, misses)
+    assert parity.rate >= 0.95, (parity.matched, parity.references, parity.misses)
