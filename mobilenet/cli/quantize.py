@@ -12,6 +12,9 @@ DESCRIPTION = """int8 post-training static quantization with per-channel weights
   mobilenet quantize model.safetensors --calib digits#train -o model_int8.onnx --backend onnxruntime
   mobilenet quantize model.safetensors --calib digits#train --qat --epochs 2 --train digits#train -o q.pt
 
+A quantization-aware trained import (a uint8 .tflite) carries the activation ranges and weight grids it was
+trained on; they are used as they are (the input, every ReLU6 output and the weights on the file's own grid),
+--calibrated-ranges calibrates instead.
 The torch backend writes TorchScript (torch.jit.load runs it); the onnxruntime backend writes int8 ONNX (QDQ).
 The report compares size, batch-1 latency (timed interleaved in one run) and top-1 (with --eval), or the top-1
 agreement of the int8 and float models on the calibration images."""
