@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -26,3 +27,13 @@ def test_readme_has_generated_blocks() -> None:
 def test_generated_block_is_current(command: str, text: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(shlex.split(command)[1:]) == 0
     assert capsys.readouterr().out.strip() == text.strip(), f"README is stale: re-run `{command}` and paste"
+
+
+def test_python_quickstart_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (REPO / "README.md").read_text()
+    code = re.search(r"## Quickstart\n\n```python\n(.*?)```", readme, re.S)
+    assert code, "README.md lost its Python quickstart"
+    monkeypatch.chdir(tmp_path)  # it writes model.safetensors
+    scope: dict = {}
+    exec(compile(code.group(1), "README.md quickstart", "exec"), scope)
+    assert scope["logits"].shape == (8, 10) and (tmp_path / "model.safetensors").is_file()
