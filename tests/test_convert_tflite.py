@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,9 +76,10 @@ def test_quantized_parity_with_the_interpreter_on_real_photos():
     pre = Preprocessing.from_dict(model.weights_metadata["preprocessing"])
     pixels = photo_pixels([p for p, _ in photos], pre)
     result = compare(tflite_outputs(path, pixels), torch_logits(model, pixels, pre), [y for _, y in photos])
-    # measured: 94/100 agreement, interpreter 45% vs ours 44% top-1 (uint8 activations are the gap;
-    # see benchmarks/import_parity.py). The issue asks >= 95%: we assert what we reach, not more.
-    assert result.top1_agreement >= 0.93
+    # measured: 95/100 (one of them a photo where the interpreter's uint8 softmax ties two classes for first and
+    # ours picks one of them); interpreter 45% vs ours 44% top-1. Uint8 activations are the rest of the gap
+    # (benchmarks/import_parity.py).
+    assert result.top1_agreement >= 0.95
     assert abs(result.ours_top1 - result.ref_top1) <= 0.015
 
 
@@ -123,3 +125,9 @@ def test_convert_routes_the_ssd_detector_to_the_detection_importer(tmp_path, mon
     monkeypatch.delitem(BUILDERS, "ssd_mobilenet_v1", raising=False)  # load must find the builder itself
     model = load(out)
     assert isinstance(model, SSD) and len(model.weights_metadata["class_names"]) == 90
+
+
+def test_agreement_counts_a_tie_in_the_reference_as_agreeing():
+    ref = np.array([[0.0, 0.5, 0.5], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]], np.float32)  # photo 0: classes 1 and 2 tie
+    ours = np.array([[0.0, 0.1, 0.9], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1]], np.float32)
+    assert compare(ref, ours, [1, 1, 0]).top1_agreement == pytest.approx(2 / 3)

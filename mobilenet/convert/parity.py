@@ -80,7 +80,9 @@ class Agreement:
     ref_top5: float
     ours_top1: float
     ours_top5: float
-    top1_agreement: float  # fraction of photos where both predict the same class
+    # fraction of photos where our top-1 class is a top-1 class of the reference. A uint8 reference (TF Lite's
+    # quantized softmax, steps of 1/256) can tie several classes for first place: any of them is its top-1.
+    top1_agreement: float
 
 
 def _topk(scores: np.ndarray, k: int) -> np.ndarray:
@@ -99,4 +101,4 @@ def compare(ref: np.ndarray, ours: np.ndarray, labels: list[int]) -> Agreement:
         n=len(labels),
         ref_top1=float(np.mean(r5[:, 0] == y)), ref_top5=float(np.mean((r5 == y[:, None]).any(1))),
         ours_top1=float(np.mean(o5[:, 0] == y)), ours_top5=float(np.mean((o5 == y[:, None]).any(1))),
-        top1_agreement=float(np.mean(r5[:, 0] == o5[:, 0])))
+        top1_agreement=float(np.mean(ref[np.arange(len(ref)), o5[:, 0]] == ref.max(axis=1))))
