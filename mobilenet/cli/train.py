@@ -49,7 +49,7 @@ def _describe_epoch(ev: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..distributed import setup, teardown
+    from ..distributed import barrier, setup, teardown
     from ..recipe import overrides_from_args, resolve
     from ..train import train
 
@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
                 best = f", best validation top-1 {ev['best_top1']:.2f}%" if ev["best_top1"] is not None else ""
                 print(f"done: {ev['global_step']} steps{best}; weights: {ev['best'] or ev['last']}; "
                       f"metrics: {ev['run_dir']}/metrics.jsonl" + (f"; curves: {ev['curves']}" if ev["curves"] else ""))
+        # Ranks leave together: a rank that destroys the gloo group while rank 0 is still saving can abort
+        # ("terminate called without an active exception"). Not after an error, where a barrier could hang.
+        barrier()
     finally:
         if bar is not None:
             bar.close()
