@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from .dataset import EncodedImageDataset, Transform, warn_skipped
 from .decode import has_image_extension
-from .folder import FolderReader, _hidden, check_samples
+from .folder import FolderReader, _hidden, check_samples, walk
 
 FROM_FILENAME = "from-filename"
 BACKGROUND = "background"  # entry 0 of TF-slim/TF Lite 1001-way class lists
@@ -195,13 +195,7 @@ def open_flat_folder(root: str | os.PathLike[str], labels: str | os.PathLike[str
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        rel = Path(dirpath).relative_to(root).as_posix()
-        rel = "" if rel == "." else rel + "/"
-        dirnames.sort()
-        files += [rel + f for f in filenames]
-    samples, names, skipped = index_flat(files, labels, class_names, source=str(root))
+    samples, names, skipped = index_flat(walk(root), labels, class_names, source=str(root))
     reader = FolderReader(root)
     samples, bad = check_samples(reader, samples, check)
     skipped += bad

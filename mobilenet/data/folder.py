@@ -139,20 +139,26 @@ def check_samples(reader, samples: list[tuple[str, int]], check: str) -> tuple[l
     return kept, bad
 
 
+def walk(root: Path, *, folders: bool = False) -> list[str]:
+    """Every file under ``root`` (links followed) as a sorted-walk relative POSIX path; folders end in ``/``."""
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        rel = Path(dirpath).relative_to(root).as_posix()
+        rel = "" if rel == "." else rel + "/"
+        dirnames.sort()
+        if folders:
+            paths += [rel + d + "/" for d in dirnames]
+        paths += [rel + f for f in filenames]
+    return paths
+
+
 def open_folder(root: str | os.PathLike[str], *, transform: Transform | None = None,
                 class_names: Sequence[str] | None = None, check: str = "quick") -> EncodedImageDataset:
     """An ImageFolder dataset from the directory ``root/<class>/<image>`` (files in nested folders count too)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        rel = Path(dirpath).relative_to(root).as_posix()
-        rel = "" if rel == "." else rel + "/"
-        dirnames.sort()
-        paths += [rel + d + "/" for d in dirnames]
-        paths += [rel + f for f in filenames]
-    samples, names, skipped = index_tree(paths, class_names, source=str(root))
+    samples, names, skipped = index_tree(walk(root, folders=True), class_names, source=str(root))
     reader = FolderReader(root)
     samples, bad = check_samples(reader, samples, check)
     skipped += bad

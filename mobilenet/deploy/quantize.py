@@ -172,25 +172,32 @@ def _relu6_to_relu(model: nn.Module) -> set[str]:
     return names
 
 
-def _cap_relu6_ranges(prepared: torch.fx.GraphModule, conv_names: set[str]) -> int:
-    """After calibration: observers on the outputs of former ReLU6 convs get the range [0, min(found, 6)]."""
-    from torch.ao.quantization.observer import MinMaxObserver
-
-    capped = 0
+def _output_observers(prepared: torch.fx.GraphModule, conv_names: set[str]) -> list[tuple[str, Any]]:
+    """(name, observer) of every observer module placed right after one of the named convs."""
+    found = []
     for node in prepared.graph.nodes:
         if node.op != "call_module" or not node.args or not hasattr(node.args[0], "target"):
             continue
         source = node.args[0]
         observer = getattr(prepared, str(node.target), None)
-        if source.op != "call_module" or source.target not in conv_names or not hasattr(observer, "calculate_qparams"):
-            continue
+        if source.op == "call_module" and source.target in conv_names and hasattr(observer, "calculate_qparams"):
+            found.append((str(node.target), observer))
+    return found
+
+
+def _cap_relu6_ranges(prepared: torch.fx.GraphModule, conv_names: set[str]) -> int:
+    """After calibration: observers on the outputs of former ReLU6 convs get the range [0, min(found, 6)]."""
+    from torch.ao.quantization.observer import MinMaxObserver
+
+    capped = 0
+    for name, observer in _output_observers(prepared, conv_names):
         scale, zero_point = observer.calculate_qparams()
         upper = float(scale) * (observer.quant_max - int(zero_point))  # top of the range the observer chose
         fixed = MinMaxObserver(dtype=observer.dtype, qscheme=observer.qscheme, reduce_range=observer.reduce_range,
                                quant_min=observer.quant_min, quant_max=observer.quant_max)
         fixed.min_val = torch.tensor(0.0)
         fixed.max_val = torch.tensor(min(upper, 6.0))
-        setattr(prepared, str(node.target), fixed)
+        setattr(prepared, name, fixed)
         capped += 1
     return capped
 
@@ -398,19 +405,12 @@ def _fix_relu6_fake_quant(prepared: torch.fx.GraphModule, conv_names: set[str]) 
     from torch.ao.quantization.fake_quantize import FixedQParamsFakeQuantize
     from torch.ao.quantization.observer import FixedQParamsObserver
 
-    fixed = 0
-    for node in prepared.graph.nodes:
-        if node.op != "call_module" or not node.args or not hasattr(node.args[0], "target"):
-            continue
-        source = node.args[0]
-        module = getattr(prepared, str(node.target), None)
-        if source.op != "call_module" or source.target not in conv_names or not hasattr(module, "calculate_qparams"):
-            continue
-        observer = FixedQParamsObserver.with_args(scale=6.0 / 255, zero_point=0, dtype=torch.quint8, quant_min=0,
-                                                  quant_max=255)
-        setattr(prepared, str(node.target), FixedQParamsFakeQuantize(observer=observer))
-        fixed += 1
-    return fixed
+    observer = FixedQParamsObserver.with_args(scale=6.0 / 255, zero_point=0, dtype=torch.quint8, quant_min=0,
+                                              quant_max=255)
+    found = _output_observers(prepared, conv_names)
+    for name, _ in found:
+        setattr(prepared, name, FixedQParamsFakeQuantize(observer=observer))
+    return len(found)
 
 
 def quantize_ptq(
