@@ -51,6 +51,46 @@ def torch_logits(model: torch.nn.Module, pixels: np.ndarray, pre: Preprocessing,
     return np.concatenate(outs)
 
 
+def keras_outputs(path: str | os.PathLike[str], model: torch.nn.Module, x: torch.Tensor, *,
+                  float64: bool = False) -> np.ndarray:
+    """Keras' own ``keras.applications.MobileNet`` with the weights in ``path``, run on NCHW ``x``.
+
+    Built to ``model``'s configuration (alpha, resolution, classes; no top when it has no classes) and
+    returned NHWC: logits for a classifier, the last feature map otherwise. Keras must run on the torch
+    backend (``KERAS_BACKEND=torch``). With ``float64`` the whole network runs in float64: Keras' dtype
+    promotion follows ``jnp.result_type`` without x64 (float64 with float32 gives float32), so its
+    BatchNormalization would compute a float64 input in float32; that promotion is widened while the
+    model is built and run, and Keras' global float type is restored afterwards.
+    """
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras
+        from keras.src import backend as keras_backend
+    except ImportError:
+        raise ImportError("the Keras reference needs keras and h5py: pip install keras h5py") from None
+    if keras.backend.backend() != "torch":
+        raise RuntimeError(f"the Keras reference runs on the torch backend, not {keras.backend.backend()}")
+    cfg = model.config
+    floatx, result_type = keras.config.floatx(), keras_backend.result_type
+
+    def widened(*dtypes: object) -> str:
+        return "float64" if any("float64" in str(d) for d in dtypes) else result_type(*dtypes)
+
+    try:
+        if float64:
+            keras.config.set_floatx("float64")
+            keras_backend.result_type = widened
+        km = keras.applications.MobileNet(
+            input_shape=(cfg.resolution, cfg.resolution, 3), alpha=cfg.width_mult, weights=None,
+            include_top=cfg.num_classes > 0, classes=max(cfg.num_classes, 1), classifier_activation=None)
+        km.load_weights(str(path))
+        y = km(x.to(torch.float64 if float64 else torch.float32).permute(0, 2, 3, 1).numpy())
+        return keras.ops.convert_to_numpy(y)
+    finally:
+        keras.config.set_floatx(floatx)
+        keras_backend.result_type = result_type
+
+
 def tflite_outputs(path: str | os.PathLike[str], pixels: np.ndarray) -> np.ndarray:
     """The TF Lite interpreter's (dequantized) outputs for uint8 NHWC pixels, one image at a time."""
     try:
