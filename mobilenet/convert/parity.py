@@ -60,7 +60,7 @@ def keras_outputs(path: str | os.PathLike[str], model: torch.nn.Module, x: torch
     backend (``KERAS_BACKEND=torch``). With ``float64`` the whole network runs in float64: Keras' dtype
     promotion follows ``jnp.result_type`` without x64 (float64 with float32 gives float32), so its
     BatchNormalization would compute a float64 input in float32; that promotion is widened while the
-    model is built and run, and Keras' global float type is restored afterwards.
+    model is built and run, and Keras' global float type and dtype policy are restored afterwards.
     """
     os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
@@ -71,7 +71,7 @@ def keras_outputs(path: str | os.PathLike[str], model: torch.nn.Module, x: torch
     if keras.backend.backend() != "torch":
         raise RuntimeError(f"the Keras reference runs on the torch backend, not {keras.backend.backend()}")
     cfg = model.config
-    floatx, result_type = keras.config.floatx(), keras_backend.result_type
+    floatx, policy, result_type = keras.config.floatx(), keras.config.dtype_policy(), keras_backend.result_type
 
     def widened(*dtypes: object) -> str:
         return "float64" if any("float64" in str(d) for d in dtypes) else result_type(*dtypes)
@@ -79,6 +79,7 @@ def keras_outputs(path: str | os.PathLike[str], model: torch.nn.Module, x: torch
     try:
         if float64:
             keras.config.set_floatx("float64")
+            keras.config.set_dtype_policy("float64")
             keras_backend.result_type = widened
         km = keras.applications.MobileNet(
             input_shape=(cfg.resolution, cfg.resolution, 3), alpha=cfg.width_mult, weights=None,
@@ -88,6 +89,7 @@ def keras_outputs(path: str | os.PathLike[str], model: torch.nn.Module, x: torch
         return keras.ops.convert_to_numpy(y)
     finally:
         keras.config.set_floatx(floatx)
+        keras.config.set_dtype_policy(policy)
         keras_backend.result_type = result_type
 
 
