@@ -86,3 +86,38 @@ def test_convert_and_predict_with_the_tflite_detector(tmp_path, capsys):
                  "--score-threshold", "0.5", "--device", "cpu"]) == 0
     dets = json.loads(capsys.readouterr().out.split("\n", 1)[1])[0]["detections"]
     assert {"tv", "keyboard"} <= {d["label"] for d in dets}  # a monitor and keyboard on a desk
+
+
+@pytest.mark.slow  # one torch.onnx export
+def test_export_honours_the_models_nms_mode(tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime", reason="ONNX export needs onnxruntime")
+    pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript")
+    import onnx
+
+    from mobilenet.checkpoint import save
+    from mobilenet.detection import SSD, SSDConfig
+    from mobilenet.detection.postprocess import PostprocessConfig
+
+    torch.manual_seed(0)
+    tf_like = PostprocessConfig(score_threshold=0.05, max_detections=5, score_fn="sigmoid", nms_mode="class_agnostic",
+                                clip_boxes=False)
+    model = SSD(SSDConfig(num_classes=3, width_mult=0.25, image_size=(64, 64), postprocess=tf_like)).eval()
+    weights = save(model, tmp_path / "ssd.safetensors", class_names=list(SHAPE_CLASSES))
+    out = tmp_path / "ssd.onnx"
+    assert main(["detect", "export", "--weights", str(weights), "--out", str(out), "--iou-threshold", "0.3"]) == 0
+    assert "class-agnostic NMS, sigmoid scores" in capsys.readouterr().out
+    meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["mobilenet"])
+    assert meta["nms"] == "class_agnostic" and meta["postprocess"]["iou_threshold"] == 0.3
+    assert meta["class_names"] == list(SHAPE_CLASSES)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    (dets,) = ort.InferenceSession(str(out)).run(None, {"input": x.numpy()})
+    ours = model.detect(x, PostprocessConfig(**{**tf_like.to_dict(), "iou_threshold": 0.3}))
+    assert len(dets) == sum(len(d.scores) for d in ours) > 0
+    for b, d in enumerate(ours):
+        rows = dets[dets[:, 0] == b]
+        assert rows[:, 6].tolist() == d.labels.tolist()
+        assert rows[:, 5] == pytest.approx(d.scores.numpy(), abs=1e-4)
+
+    assert main(["detect", "export", "--weights", str(weights), "--out", str(out), "--no-nms", "--nms",
+                 "per-class"]) == 2
+    assert "--no-nms contradicts --nms per-class" in capsys.readouterr().err

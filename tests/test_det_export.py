@@ -1,65 +1,132 @@
-"""ONNX export of the SSD, with and without NMS, checked in ONNX Runtime against PyTorch."""
+"""ONNX export of the SSD, with and without NMS (per-class and class-agnostic), checked in ONNX Runtime against
+PyTorch's ``SSD.detect``."""
 
 from __future__ import annotations
+
+import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from mobilenet.detection import SSD, SSDConfig
-from mobilenet.detection.export import _append_nms, _Decoded, export_detector_onnx
-from mobilenet.detection.postprocess import PostprocessConfig
+from mobilenet.detection.export import append_postprocess, export_network, export_postprocess_config
+from mobilenet.detection.postprocess import PostprocessConfig, class_scores
 
 ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxruntime")
 pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript")
+
+SIZE = (64, 96)  # a non-square input: 138 anchors
+# per-class as SSD trains it; class-agnostic as TF Lite's detect.tflite (sigmoid, boxes not clipped)
+PER_CLASS = PostprocessConfig(score_threshold=0.3, iou_threshold=0.5, pre_nms_top_k=400, max_detections=10)
+AGNOSTIC = PostprocessConfig(score_threshold=0.3, iou_threshold=0.5, pre_nms_top_k=400, max_detections=8,
+                             score_fn="sigmoid", nms_mode="class_agnostic", clip_boxes=False)
+# each case makes one limit bind on the test images (checked in the test), so the graph must apply it as detect does
+NMS_CASES = {
+    "per_class-max_detections": PER_CLASS,
+    "per_class-pre_nms_top_k": replace(PER_CLASS, pre_nms_top_k=2, max_detections=100),
+    "class_agnostic-max_detections": AGNOSTIC,
+    "class_agnostic-pre_nms_top_k": replace(AGNOSTIC, pre_nms_top_k=5, max_detections=100),
+}
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = SSD(SSDConfig(num_classes=3, width_mult=0.25, image_size=(64, 96)))
-    # trained-looking BN statistics and confident heads so that scores spread out
+    m = SSD(SSDConfig(num_classes=3, width_mult=0.25, image_size=SIZE))
+    # trained-looking BN statistics (the batch's own), so that the outputs depend on the input: with the
+    # default statistics the random backbone maps every image to the same detections
     for mod in m.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.1, 0.1)
-            mod.running_var.uniform_(0.5, 1.5)
+            mod.momentum = None
+            mod.reset_running_stats()
+    m.train()
     with torch.no_grad():
-        for head in m.cls_heads:
-            head.weight.mul_(30)
+        m(torch.randn(16, 3, *SIZE))
+        for head in [*m.cls_heads, *m.box_heads]:  # confident heads, so scores spread over (0, 1)
+            head.weight.mul_(3)
     return m.eval()
 
 
 @pytest.fixture(scope="module")
-def exported(model, tmp_path_factory):
-    # one torch.onnx export (~10 s) shared by both tests; export_detector_onnx(nms=True) is this + _append_nms
-    return export_detector_onnx(model, tmp_path_factory.mktemp("onnx") / "ssd.onnx", nms=False)
+def network(model):
+    # one torch.onnx export (~10 s) shared by all tests; every post-processing variant is appended to a copy
+    return export_network(model, SIZE)
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 3, *SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def _session(network, pp: PostprocessConfig, nms: bool):
+    proto = append_postprocess(copy.deepcopy(network), pp, nms=nms)
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.slow  # the shared network export (~10 s) is paid by the first of these
+@pytest.mark.parametrize("pp", [PER_CLASS, AGNOSTIC], ids=["softmax-clip", "sigmoid-noclip"])
+def test_onnx_without_nms_matches_pytorch(model, network, pp):
+    x = _images(3, seed=1)  # a batch size other than the export example's
+    boxes, scores = _session(network, pp, nms=False).run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        box_pred, logits = model(x)
+    ref_boxes = model.coder.decode(box_pred, model.anchors(SIZE))
+    if pp.clip_boxes:
+        ref_boxes = ref_boxes.clamp(0, 1)
+    else:
+        assert (ref_boxes < 0).any() or (ref_boxes > 1).any()  # so clipping would have shown
+    np.testing.assert_allclose(boxes, ref_boxes.numpy(), atol=1e-4)
+    np.testing.assert_allclose(scores, class_scores(logits, pp.score_fn).numpy(), atol=1e-4)
 
 
 @pytest.mark.slow
-def test_onnx_without_nms_matches_pytorch(model, exported):
-    path = exported
-    x = torch.randn(3, 3, 64, 96)  # a batch size other than the export example's
-    boxes, scores = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})
-    with torch.no_grad():
-        ref_boxes, ref_scores = _Decoded(model, (64, 96))(x)
-    np.testing.assert_allclose(boxes, ref_boxes.numpy(), atol=1e-4)
-    np.testing.assert_allclose(scores, ref_scores.numpy(), atol=1e-5)
+@pytest.mark.parametrize("case", NMS_CASES)
+def test_onnx_nms_matches_pytorch_detect(model, network, case):
+    pp = NMS_CASES[case]
+    x = _images(4, seed=2)
+    (dets,) = _session(network, pp, nms=True).run(None, {"input": x.numpy()})
+    assert dets.ndim == 2 and dets.shape[1] == 7
+    ours = model.detect(x, pp)
+    assert sum(len(d.scores) for d in ours) > 4 * 2  # enough detections for the comparison to mean something
+    limit = case.split("-")[1]
+    lifted = model.detect(x, replace(pp, **{limit: 10_000}))
+    assert any(not torch.equal(u.scores, d.scores) for u, d in zip(lifted, ours, strict=True)), f"{limit} not binding"
+    for b, d in enumerate(ours):
+        rows = dets[dets[:, 0] == b]
+        assert len(rows) == len(d.scores) <= pp.max_detections
+        # same detections in the same order (highest score first): label, score, box
+        np.testing.assert_array_equal(rows[:, 6].astype(np.int64), d.labels.numpy())
+        np.testing.assert_allclose(rows[:, 5], d.scores.numpy(), atol=1e-4)
+        np.testing.assert_allclose(rows[:, 1:5], d.boxes.numpy(), atol=1e-4)
 
 
-def test_onnx_with_nms_matches_our_postprocess(model, exported, tmp_path):
+@pytest.mark.slow
+def test_nms_mode_changes_the_detections(network):
+    """The two modes differ on these images, so the parity above can tell them apart."""
+    x = _images(4, seed=2)
+    swapped = replace(AGNOSTIC, nms_mode="per_class")
+    (a,) = _session(network, AGNOSTIC, nms=True).run(None, {"input": x.numpy()})
+    (p,) = _session(network, swapped, nms=True).run(None, {"input": x.numpy()})
+    assert a.shape != p.shape or not np.allclose(a, p)
+
+
+def test_export_settings_override_the_models_and_are_checked(model):
+    pp = export_postprocess_config(model, nms_mode="class_agnostic", max_detections=5)
+    assert pp.nms_mode == "class_agnostic" and pp.max_detections == 5
+    assert pp.iou_threshold == model.config.postprocess.iou_threshold  # not given: the model's
+    with pytest.raises(ValueError, match="nms_mode"):
+        export_postprocess_config(model, nms_mode="per-image")
+    with pytest.raises(ValueError, match="max_detections must be >= 1, got 0"):
+        export_postprocess_config(model, max_detections=0)
+
+
+@pytest.mark.slow
+def test_append_postprocess_rejects_a_foreign_graph_and_negative_threshold(network):
     import onnx
 
-    proto = _append_nms(onnx.load(str(exported)), max_detections=100, iou_threshold=0.5, score_threshold=0.3)
-    onnx.checker.check_model(proto)
-    path = tmp_path / "ssd_nms.onnx"
-    path.write_bytes(proto.SerializeToString())
-    x = torch.randn(2, 3, 64, 96)
-    (dets,) = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})
-    assert dets.ndim == 2 and dets.shape[1] == 7
-    ours = model.detect(x, PostprocessConfig(score_threshold=0.3, iou_threshold=0.5, pre_nms_top_k=10_000,
-                                             max_detections=10_000))
-    for b, d in enumerate(ours):
-        onnx_b = dets[dets[:, 0] == b]
-        assert len(onnx_b) == len(d.scores) > 0
-        key = lambda rows: sorted((int(c), round(float(s), 4)) for c, s in rows)  # noqa: E731
-        assert key(zip(onnx_b[:, 6], onnx_b[:, 5], strict=True)) == key(zip(d.labels, d.scores, strict=True))
+    with pytest.raises(ValueError, match="score_threshold must be >= 0"):
+        append_postprocess(copy.deepcopy(network), replace(PER_CLASS, score_threshold=-0.1))
+    done = append_postprocess(copy.deepcopy(network), PER_CLASS)
+    with pytest.raises(ValueError, match="outputs decoded, logits"):
+        append_postprocess(onnx.ModelProto.FromString(done.SerializeToString()), PER_CLASS)

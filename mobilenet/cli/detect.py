@@ -7,7 +7,7 @@ Examples::
     mobilenet detect train --data VOCdevkit --format voc --weights coco_ssd.safetensors --epochs 50 --out runs/voc
     mobilenet detect eval --weights runs/voc/best.safetensors --data VOCdevkit --format voc --split test
     mobilenet detect eval --predictions out/detections.json --data VOCdevkit --format voc --split test
-    mobilenet detect export --weights runs/voc/best.safetensors --out ssd.onnx [--no-nms]
+    mobilenet detect export --weights runs/voc/best.safetensors --out ssd.onnx [--nms per-class|class-agnostic|none]
 """
 
 from __future__ import annotations
@@ -94,13 +94,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--out", required=True, help="output .safetensors")
 
     x = sub.add_parser("export", help="ONNX export of a detector, with or without NMS",
-                       description="Export a detector to ONNX (NonMaxSuppression appended unless --no-nms).")
-    x.add_argument("--weights", required=True)
+                       description="Export a detector to ONNX. Post-processing (score function, NMS mode, thresholds, "
+                       "top-k, max detections) is the model's own unless a flag below changes it; the graph ends in "
+                       "detections (N, 7): batch, x1, y1, x2, y2 (normalised), score, class; or, without NMS, in "
+                       "boxes (B, A, 4) and scores (B, A, C).")
+    x.add_argument("--weights", required=True, help="detector weights (.safetensors, or a detection .tflite)")
     x.add_argument("--out", required=True, help="output .onnx")
-    x.add_argument("--no-nms", action="store_true", help="end at decoded boxes and scores")
+    x.add_argument("--nms", choices=("model", "per-class", "class-agnostic", "none"), default="model",
+                   help="per-class NMS (SSD), class-agnostic (TF Lite: each anchor keeps its best class), none (end "
+                   "at boxes and scores); default: the model's mode")
+    x.add_argument("--no-nms", action="store_true", help="same as --nms none")
     x.add_argument("--score-threshold", type=float)
     x.add_argument("--iou-threshold", type=float)
-    x.add_argument("--max-detections", type=int)
+    x.add_argument("--pre-nms-top-k", type=int, help="candidates kept before NMS (per class in per-class mode)")
+    x.add_argument("--max-detections", type=int, help="detections per image")
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -274,11 +281,17 @@ def _export(args: argparse.Namespace) -> int:
     from ..detection.export import export_detector_onnx
     from ..detection.predict import class_names_of
 
+    if args.no_nms and args.nms not in ("model", "none"):
+        raise ValueError(f"--no-nms contradicts --nms {args.nms}")
+    nms = not args.no_nms and args.nms != "none"
     model = load_detector(args.weights)
-    path = export_detector_onnx(model, args.out, nms=not args.no_nms, score_threshold=args.score_threshold,
-                                iou_threshold=args.iou_threshold, max_detections=args.max_detections,
-                                class_names=class_names_of(model))
-    print(f"wrote {path} ({'with' if not args.no_nms else 'without'} NMS)")
+    mode = None if args.nms in ("model", "none") else args.nms.replace("-", "_")
+    path = export_detector_onnx(model, args.out, nms=nms, nms_mode=mode, score_threshold=args.score_threshold,
+                                iou_threshold=args.iou_threshold, pre_nms_top_k=args.pre_nms_top_k,
+                                max_detections=args.max_detections, class_names=class_names_of(model))
+    pp = model.config.postprocess
+    how = (f"{(mode or pp.nms_mode).replace('_', '-')} NMS" if nms else "without NMS") + f", {pp.score_fn} scores"
+    print(f"wrote {path} ({how})")
     return 0
 
 
