@@ -18,12 +18,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
+# timm's model code for the timm parity test, without its dependencies: its torchvision requirement would pull a
+# CUDA torch, and the test needs neither (tests/timm_reference.py).
+$(VENV)/.test-extras: $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps "timm==1.0.31"
+	touch $@
+
 install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/mobilenet demo
 
-test: install
+test: $(VENV)/.test-extras
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -1,10 +1,16 @@
-"""timm and Hugging Face MobileNet v1 state dicts: key mapping checked on synthetic files."""
+"""timm and Hugging Face MobileNet v1 state dicts: key mapping on synthetic files, and against timm itself."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from mobilenet.convert import detect_format, import_model
 from mobilenet.model import MobileNetV1
@@ -48,3 +54,27 @@ def test_foreign_state_dict_names_its_keys(tmp_path):
     save_file({"fc.weight": torch.zeros(2, 2)}, str(path))
     with pytest.raises(ValueError, match="neither a timm .* first keys: \\['fc.weight'\\]"):
         import_model(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, resolution", [("mobilenetv1_100", 224), ("mobilenetv1_125", 160)])
+def test_real_timm_model_equals_import(tmp_path, name, resolution):
+    """timm's own model code (random weights, BN statistics randomized) against our import of its state dict.
+
+    timm runs in a child process (tests/timm_reference.py) because, without torchvision, it needs stand-in
+    modules for the data transforms it imports; skips when timm is not installed (`make test` installs it).
+    """
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed (pip install --no-deps timm)")
+    script = Path(__file__).with_name("timm_reference.py")
+    subprocess.run([sys.executable, str(script), str(tmp_path), "--model", name, "--resolution", str(resolution)],
+                   check=True, capture_output=True, text=True)
+    ref = load_file(str(tmp_path / "io.safetensors"))
+    cfg = json.loads((tmp_path / "pretrained_cfg.json").read_text())
+    ours = import_model(tmp_path / "model.safetensors", resolution=resolution)
+    assert ours.config.width_mult == float(name[-3:]) / 100 and ours.num_classes == cfg["num_classes"]
+    pre = ours.weights_metadata["preprocessing"]
+    assert (pre["interpolation"], pre["crop_fraction"]) == (cfg["interpolation"], cfg["crop_pct"])
+    assert [m / 255 for m in pre["mean"]] == cfg["mean"] and [s / 255 for s in pre["std"]] == cfg["std"]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ref["x"]), ref["logits"], rtol=0, atol=1e-5)

@@ -28,6 +28,10 @@ TIMM_BN_EPS = 1e-5
 HF_BN_EPS = 1e-3
 
 
+# timm's eval crop per width where it is not the default 0.875 (default_cfgs in timm/models/efficientnet.py)
+TIMM_CROP_FRACTION = {1.25: 0.9}
+
+
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file or a ``torch.save``d state dict (unwrapping ``state_dict``/``model``)."""
     path = Path(path)
@@ -99,8 +103,10 @@ def import_timm(path: str | os.PathLike[str], *, resolution: int | None = None) 
     res = resolution or 224
     if "conv_stem.weight" in state:
         units, preset, layout = _timm_units(state, src), "timm", "timm"
-        # timm's mobilenetv1_100.ra4_e3600_r224_in1k config: inception mean/std (0.5), bicubic, crop 0.875
-        pre = Preprocessing(resolution=res, interpolation="bicubic", mean=(127.5,) * 3, std=(127.5,) * 3)
+        # timm's mobilenetv1_*.ra4_e3600_r224_in1k configs: inception mean/std (0.5), bicubic, crop by width
+        crop = TIMM_CROP_FRACTION.get(units[-1].weight.shape[0] / 1024, 0.875)
+        pre = Preprocessing(resolution=res, crop_fraction=crop, interpolation="bicubic", mean=(127.5,) * 3,
+                            std=(127.5,) * 3)
     elif "mobilenet_v1.conv_stem.convolution.weight" in state:
         units, preset, layout = _hf_units(state, src), "tf", "huggingface"
         pre = Preprocessing(resolution=res, mean=(127.5,) * 3, std=(127.5,) * 3)  # resize 256, crop 224, [-1, 1]
