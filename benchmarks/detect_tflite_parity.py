@@ -1,9 +1,13 @@
 """Imported COCO SSD vs the TF Lite interpreter on every real photo under ../shared/data.
 
 For each detection the interpreter reports with score >= 0.5, look for ours with the same label,
-IoU >= 0.9 and |score difference| <= 0.05; print the match rate per folder and the misses.
+IoU >= 0.9 and |score difference| <= 0.05 (``mobilenet.detection.parity.match_detections``). Rows:
+ours in float, ours with the file's uint8 activation grids (``uint8_activations``, "fidelity"),
+and, as the peer, the interpreter's other kernel sets judged by the same rule: TF Lite agreeing
+with itself. Columns: the reference kernel set (``default`` = XNNPACK, what ``Interpreter()``
+runs; ``builtin`` = TF Lite's optimized kernels; ``reference`` = its reference kernels).
 
-    python benchmarks/detect_tflite_parity.py [--json out.json]
+    python benchmarks/detect_tflite_parity.py [--kernels default builtin reference] [--json out.json]
 """
 
 from __future__ import annotations
@@ -11,13 +15,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 from pathlib import Path
+
+import torch
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mobilenet.detection.parity import tflite_parity  # noqa: E402
+from mobilenet.convert.fidelity import uint8_activations  # noqa: E402
+from mobilenet.detection.parity import (  # noqa: E402
+    KERNELS,
+    Parity,
+    input_size,
+    interpreter,
+    interpreter_detections,
+    load_pixels,
+    match_detections,
+)
 from mobilenet.detection.tflite_import import import_detect_tflite  # noqa: E402
 
 DATA = Path(os.environ.get("MOBILENET_DATA", REPO.parent / "shared" / "data"))
@@ -26,24 +43,53 @@ FOLDERS = {"imagenet": "imagenet/images", "voc": "detection/voc/VOCdevkit", "kit
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS,
+                    help="the interpreter kernel sets to use as references (default: all three)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    model = import_detect_tflite(DATA / "weights" / "tflite" / "detect.tflite")
-    summary, misses = {}, []
-    for name, folder in FOLDERS.items():
-        files = sorted(p for p in (DATA / folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        parity = tflite_parity(model, DATA / "weights" / "tflite" / "detect.tflite", files, threads=2)
-        misses += parity.misses
-        summary[name] = {"photos": len(files), "reference_detections": parity.references, "matched": parity.matched,
-                         "rate": round(parity.rate, 4) if parity.rate is not None else None}
-    total_refs = sum(s["reference_detections"] for s in summary.values())
-    total_ok = sum(s["matched"] for s in summary.values())
-    result = {"per_folder": summary, "total": {"reference_detections": total_refs, "matched": total_ok,
-                                               "rate": round(total_ok / total_refs, 4)}, "misses": misses}
+    torch.set_num_threads(1)
+    path = DATA / "weights" / "tflite" / "detect.tflite"
+    model = import_detect_tflite(path)
+    its = {k: interpreter(path, kernels=k) for k in args.kernels}
+    size = input_size(next(iter(its.values())))
+    candidates = ["ours float", "ours fidelity"] + [f"tflite {k}" for k in args.kernels]
+    # results[(reference kernels, candidate)][folder] -> Parity
+    results: dict[tuple[str, str], dict[str, Parity]] = {}
+    photos = {name: sorted(p for p in (DATA / folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+              for name, folder in FOLDERS.items()}
+    for folder, files in photos.items():
+        for file in tqdm(files, desc=folder):
+            pixels = load_pixels(file, size)
+            x = (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()[None] - 128) / 128  # the file's uint8 input
+            dets = {f"tflite {k}": interpreter_detections(it, pixels) for k, it in its.items()}
+            with torch.inference_mode():
+                dets["ours float"] = model.detect(x)[0]
+                with uint8_activations(model):
+                    dets["ours fidelity"] = model.detect(x)[0]
+            for ref in args.kernels:
+                for cand in candidates:
+                    if cand == f"tflite {ref}":
+                        continue
+                    parity = results.setdefault((ref, cand), {}).setdefault(folder, Parity())
+                    match_detections(dets[f"tflite {ref}"], dets[cand], parity, file.name)
+    rows = []
+    for (ref, cand), per_folder in results.items():
+        refs = sum(p.references for p in per_folder.values())
+        ok = sum(p.matched for p in per_folder.values())
+        rows.append({"reference": f"tflite {ref}", "candidate": cand, "reference_detections": refs, "matched": ok,
+                     "rate": round(ok / refs, 4) if refs else None,
+                     "per_folder": {f: {"photos": len(photos[f]), "reference_detections": p.references,
+                                        "matched": p.matched} for f, p in per_folder.items()},
+                     "misses": [m for p in per_folder.values() for m in p.misses]})
+    env = {"python": platform.python_version(), "torch": torch.__version__, "threads": 1,
+           "cpu": platform.processor() or platform.machine(), "photos": sum(len(f) for f in photos.values())}
+    result = {"env": env, "rows": rows}
     print(json.dumps(result, indent=1))
-    print("\n| photos | TF Lite detections >= 0.5 | matched (label, IoU >= 0.9, score +-0.05) |\n|---|---|---|")
-    for name, s in summary.items():
-        print(f"| {name} ({s['photos']}) | {s['reference_detections']} | {s['matched']} ({s['rate']:.1%}) |")
+    print("\n| reference (TF Lite kernels) | candidate | TF Lite detections >= 0.5 | matched (label, IoU >= 0.9, "
+          "score +-0.05) |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['reference']} | {r['candidate']} | {r['reference_detections']} "
+              f"| {r['matched']} ({r['rate']:.1%}) |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 

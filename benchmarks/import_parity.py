@@ -3,8 +3,8 @@
 For every real file under ../shared/data/weights (or $MOBILENET_DATA/weights):
 * TF Lite classifiers: the TF Lite interpreter (ai-edge-litert) vs our float model running the
   dequantized weights; top-1/top-5 of both against the photo's WordNet id, top-1 agreement. As a
-  diagnostic, also ours with each ReLU6 output rounded to the file's uint8 activation grid (what the
-  interpreter computes in), which isolates activation quantization as the source of disagreement.
+  diagnostic, also ours with every activation rounded to the file's uint8 grid (``uint8_activations``:
+  what the interpreter computes in), which isolates activation quantization as the source of disagreement.
 * Keras no-top files: Keras' own MobileNet (torch backend) vs ours, max |difference| of the features.
 
 Prints a markdown table (for the README) and JSON. Usage:
@@ -28,26 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mobilenet.convert import import_model  # noqa: E402
+from mobilenet.convert.fidelity import uint8_activations  # noqa: E402
 from mobilenet.convert.parity import compare, keras_outputs, labelled_photos, photo_pixels, tflite_outputs, torch_logits  # noqa: E402
-from mobilenet.convert.tflite_format import read_tflite  # noqa: E402
 from mobilenet.preprocessing import Preprocessing  # noqa: E402
-
-
-def simulate_uint8_activations(model: torch.nn.Module, tflite_path: Path) -> list:
-    """Round each conv-BN-ReLU6 output to the .tflite file's recorded uint8 grid (forward hooks)."""
-    tm = read_tflite(tflite_path)
-    convs = [op for op in tm.operators if op.opcode in ("CONV_2D", "DEPTHWISE_CONV_2D")]
-    acts = [model.stem.act] + [s.act for b in model.blocks for s in (b.dw, b.pw)]
-    handles = []
-    for act, op in zip(acts, convs, strict=False):
-        t = tm.tensors[op.outputs[0]]
-        scale, zp = float(t.scale[0]), float(t.zero_point[0])
-
-        def hook(_m, _i, out, scale=scale, zp=zp):
-            return (torch.clamp(torch.round(out / scale) + zp, 0, 255) - zp) * scale
-
-        handles.append(act.register_forward_hook(hook))
-    return handles
 
 
 def tflite_rows(path: Path, photos: list) -> dict:
@@ -62,10 +45,8 @@ def tflite_rows(path: Path, photos: list) -> dict:
     ours = torch_logits(model, pixels, pre)
     t_ours = time.perf_counter() - t0
     plain = compare(ref, ours, labels)
-    handles = simulate_uint8_activations(model, path)
-    sim = compare(ref, torch_logits(model, pixels, pre), labels)
-    for h in handles:
-        h.remove()
+    with uint8_activations(model):  # the file's recorded uint8 grids, as the interpreter computes
+        sim = compare(ref, torch_logits(model, pixels, pre), labels)
     return {"file": path.name, "format": "tflite", "photos": plain.n,
             "reference": "TF Lite interpreter (ai-edge-litert)",
             "ref_top1": plain.ref_top1, "ref_top5": plain.ref_top5,

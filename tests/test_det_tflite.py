@@ -66,3 +66,23 @@ def test_parity_with_the_tflite_interpreter(model, detect_path):
     # uint8 activations in TF Lite vs float here: two near-tied anchors can swap places in NMS;
     # everything else must agree (same label, IoU >= 0.9, score within 0.05)
     assert parity.rate >= 0.95, (parity.matched, parity.references, parity.misses)
+
+
+def test_import_records_the_interpreters_uint8_grids(model, detect_path, tmp_path):
+    from mobilenet.checkpoint import load, save
+    from mobilenet.convert.fidelity import ActivationGrid, recorded_activation_grids
+
+    grids = recorded_activation_grids(model)
+    modules = dict(model.named_modules())
+    units = [n for n in grids if n in modules]
+    # 27 backbone units, 8 extra convs, 6 box and 6 class heads; plus input, both concats and the logistic
+    assert len(units) == 47 and set(grids) - set(units) == {"input", "box_encodings", "class_logits",
+                                                             "class_scores"}
+    assert grids["input"] == ActivationGrid(scale=0.0078125, zero_point=128)
+    assert grids["class_scores"] == ActivationGrid(scale=1 / 256, zero_point=0)
+    # a fused ReLU6 on an extra block narrows the grid to the integers of [0, 6]
+    assert grids["extras.0.reduce"].quant_min == grids["extras.0.reduce"].zero_point
+    assert grids["extras.0.reduce"].range[1] <= 6.0
+    path = save(model, tmp_path / "ssd.safetensors", class_names=model.weights_metadata["class_names"],
+                extra=model.weights_metadata["extra"])
+    assert recorded_activation_grids(load(path)) == grids

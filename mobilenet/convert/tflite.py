@@ -13,6 +13,8 @@ on; they are recorded in the weights' ``extra`` metadata for ``mobilenet quantiz
 the output of each conv-bn-act unit and of the logits, keyed ``input``, ``stem``, ``blocks.{i}.dw``,
 ``blocks.{i}.pw``, ``classifier``) and ``weight_quantization`` (per conv weight of our state dict:
 ``scale``, ``zero_point``, ``quant_min``, ``quant_max``, one entry per tensor or per output channel).
+``activation_grids`` holds the exact activation grids (scale, zero point, clamp of a fused ReLU6) for
+:func:`mobilenet.convert.fidelity.uint8_activations` (:func:`activation_grids`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 from ..model import LAYERS, STEM_STRIDE
 from ..preprocessing import Preprocessing
+from .fidelity import ActivationGrid
 from .imported import ConvUnit, Imported, depthwise_1hwc_to_oihw, ohwi_to_oihw
 from .tflite_format import TFLiteModel, TFLiteOperator, TFLiteTensor, read_tflite
 
@@ -103,6 +106,27 @@ def quantization_grids(model: TFLiteModel, units: list[TFLiteOperator], head: TF
     return ranges, weights
 
 
+def activation_grids(model: TFLiteModel, units: list[TFLiteOperator], head: TFLiteOperator | None
+                     ) -> dict[str, ActivationGrid]:
+    """The exact uint8 grid (scale, zero point, fused-activation clamp) of each activation the interpreter
+    quantizes, keyed as :mod:`mobilenet.convert.fidelity` reads them: ``input``, the units, ``pool``
+    (the average pool's output, our classifier's input) and ``classifier``. Empty for a float file.
+    """
+    names = ["stem"] + [f"blocks.{i}.{part}" for i in range(len(LAYERS)) for part in ("dw", "pw")]
+    points = [("input", model.tensors[units[0].inputs[0]], None)]
+    points += [(n, model.tensors[op.outputs[0]], op.options.get("fused_activation_function"))
+               for n, op in zip(names, units, strict=True)]
+    if head is not None:
+        pool = next((op for op in model.operators if op.opcode in ("AVERAGE_POOL_2D", "MEAN")
+                     and op.inputs[0] == units[-1].outputs[0]), None)
+        if pool is not None:
+            points.append(("pool", model.tensors[pool.outputs[0]], pool.options.get("fused_activation_function")))
+        points.append(("classifier", model.tensors[head.outputs[0]], head.options.get("fused_activation_function")))
+    return {name: ActivationGrid.from_tflite(float(t.scale[0]), int(t.zero_point[0]), dtype=t.dtype,
+                                             activation=act)
+            for name, t, act in points if _float_range(t) is not None}
+
+
 def import_tflite(path: str | os.PathLike[str]) -> Imported:
     """Map a MobileNet v1 ``.tflite`` classifier onto our layout (tf preset, folded BN)."""
     model = read_tflite(path)
@@ -161,6 +185,9 @@ def import_tflite(path: str | os.PathLike[str]) -> Imported:
     ranges, weight_grids = quantization_grids(model, convs[:n_body], head)
     if ranges:
         extra["activation_ranges"] = ranges
+    grids = activation_grids(model, convs[:n_body], head)
+    if grids:
+        extra["activation_grids"] = {k: g.to_dict() for k, g in grids.items()}
     if weight_grids:
         extra["weight_quantization"] = weight_grids
     return Imported(units=units, classifier_weight=cls_w, classifier_bias=cls_b, preset="tf", format="tflite",

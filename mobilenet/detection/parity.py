@@ -3,12 +3,18 @@
 A reference detection (score >= ``min_score``) is matched when ours has the same label, IoU >= ``min_iou``
 and a score within ``score_tol``. Used by ``tests/test_det_tflite.py`` and
 ``benchmarks/detect_tflite_parity.py``; needs ``ai-edge-litert`` for the interpreter.
+
+The interpreter has three kernel sets for the same uint8 graph (``kernels``): ``"default"`` (the
+XNNPACK delegate, what ``Interpreter(model_path)`` runs), ``"builtin"`` (TF Lite's optimized kernels,
+no delegate) and ``"reference"`` (its reference kernels). They round intermediate activations
+differently, so their detections differ among themselves too (see ``interpreter_parity``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,10 @@ import torch
 from PIL import Image
 
 from .boxes import box_iou
+from .postprocess import Detections
 from .ssd import SSD
+
+KERNELS = ("default", "builtin", "reference")
 
 
 @dataclass
@@ -32,6 +41,61 @@ class Parity:
         return self.matched / self.references if self.references else None
 
 
+def interpreter(tflite_path: str | os.PathLike[str], *, kernels: str = "default", threads: int = 1) -> Any:
+    """A TF Lite interpreter (ai-edge-litert) for the file with the given kernel set, tensors allocated."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolvers = {"default": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                 "reference": OpResolverType.BUILTIN_REF}
+    if kernels not in resolvers:
+        raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+    it = Interpreter(model_path=str(tflite_path), num_threads=threads,
+                     experimental_op_resolver_type=resolvers[kernels])
+    it.allocate_tensors()
+    return it
+
+
+def input_size(it: Any) -> tuple[int, int]:
+    """(height, width) of the interpreter's input."""
+    return tuple(int(v) for v in it.get_input_details()[0]["shape"][1:3])  # type: ignore[return-value]
+
+
+def load_pixels(path: str | os.PathLike[str], size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: the photo resized to ``size`` (height, width), bilinear, as both sides see it."""
+    height, width = size
+    return np.asarray(Image.open(path).convert("RGB").resize((width, height), Image.BILINEAR))
+
+
+def interpreter_detections(it: Any, pixels: np.ndarray) -> Detections:
+    """Run the interpreter on (H, W, 3) uint8 pixels: its detections as our ``Detections`` (xyxy, normalised)."""
+    it.set_tensor(it.get_input_details()[0]["index"], pixels[None])
+    it.invoke()
+    boxes, classes, scores, count = (it.get_tensor(d["index"])[0] for d in it.get_output_details())
+    n = int(count)
+    return Detections(boxes=torch.from_numpy(boxes[:n][:, [1, 0, 3, 2]].copy()),  # TF: ymin, xmin, ymax, xmax
+                      scores=torch.from_numpy(scores[:n].copy()), labels=torch.from_numpy(classes[:n].astype(np.int64)))
+
+
+def match_detections(ref: Detections, ours: Detections, result: Parity, image: str, *, min_score: float = 0.5,
+                     min_iou: float = 0.9, score_tol: float = 0.05) -> None:
+    """Count each reference detection scoring >= ``min_score`` into ``result``: matched, or a miss (recorded)."""
+    for i in range(len(ref.scores)):
+        score = float(ref.scores[i])
+        if score < min_score:
+            continue
+        result.references += 1
+        label = int(ref.labels[i])
+        iou = box_iou(ref.boxes[i:i + 1].float(), ours.boxes.float())[0] * (ours.labels == label)
+        j = int(iou.argmax()) if iou.numel() else -1
+        if j >= 0 and iou[j] >= min_iou and abs(float(ours.scores[j]) - score) <= score_tol:
+            result.matched += 1
+        else:
+            result.misses.append({
+                "image": image, "class": label, "tflite_score": round(score, 3),
+                "best_iou": round(float(iou[j]), 3) if j >= 0 else 0.0,
+                "our_score": round(float(ours.scores[j]), 3) if j >= 0 else None})
+
+
 def tflite_parity(
     model: SSD,
     tflite_path: str | os.PathLike[str],
@@ -41,35 +105,50 @@ def tflite_parity(
     min_iou: float = 0.9,
     score_tol: float = 0.05,
     threads: int = 1,
+    fidelity: bool = False,
+    kernels: str = "default",
 ) -> Parity:
-    """Run the interpreter and ``model`` on each image resized to the model's input (bilinear, uint8)."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Run the interpreter and ``model`` on each image resized to the model's input (bilinear, uint8).
 
-    it = Interpreter(model_path=str(tflite_path), num_threads=threads)
-    it.allocate_tensors()
-    inp, outs = it.get_input_details()[0], it.get_output_details()
-    height, width = (int(v) for v in inp["shape"][1:3])
+    ``fidelity=True`` runs ``model`` on the file's uint8 activation grids
+    (:func:`mobilenet.convert.fidelity.uint8_activations`), as the interpreter computes;
+    ``kernels``: which of the interpreter's kernel sets is the reference (see the module doc).
+    """
+    from ..convert.fidelity import uint8_activations
+
+    it = interpreter(tflite_path, kernels=kernels, threads=threads)
+    size = input_size(it)
+    result = Parity()
+    with uint8_activations(model) if fidelity else nullcontext():
+        for path in images:
+            pixels = load_pixels(path, size)
+            ref = interpreter_detections(it, pixels)
+            x = (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()[None] - 128) / 128  # the file's uint8 input
+            with torch.inference_mode():
+                ours = model.detect(x)[0]
+            match_detections(ref, ours, result, Path(path).name, min_score=min_score, min_iou=min_iou,
+                             score_tol=score_tol)
+    return result
+
+
+def interpreter_parity(
+    tflite_path: str | os.PathLike[str],
+    images: Iterable[Path],
+    *,
+    reference: str = "default",
+    other: str = "reference",
+    min_score: float = 0.5,
+    min_iou: float = 0.9,
+    score_tol: float = 0.05,
+    threads: int = 1,
+) -> Parity:
+    """The same check between two of the interpreter's own kernel sets: how far TF Lite agrees with itself."""
+    ref_it = interpreter(tflite_path, kernels=reference, threads=threads)
+    other_it = interpreter(tflite_path, kernels=other, threads=threads)
+    size = input_size(ref_it)
     result = Parity()
     for path in images:
-        pixels = np.asarray(Image.open(path).convert("RGB").resize((width, height), Image.BILINEAR))
-        it.set_tensor(inp["index"], pixels[None])
-        it.invoke()
-        boxes, classes, scores, count = (it.get_tensor(d["index"])[0] for d in outs)
-        x = (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()[None] - 128) / 128  # the file's uint8 input
-        with torch.inference_mode():
-            ours = model.detect(x)[0]
-        for i in range(int(count)):
-            if scores[i] < min_score:
-                continue
-            result.references += 1
-            ref = torch.tensor(boxes[i][[1, 0, 3, 2]])[None]  # TF: ymin, xmin, ymax, xmax
-            iou = box_iou(ref, ours.boxes)[0] * (ours.labels == int(classes[i]))
-            j = int(iou.argmax()) if iou.numel() else -1
-            if j >= 0 and iou[j] >= min_iou and abs(float(ours.scores[j]) - float(scores[i])) <= score_tol:
-                result.matched += 1
-            else:
-                result.misses.append({
-                    "image": Path(path).name, "class": int(classes[i]), "tflite_score": round(float(scores[i]), 3),
-                    "best_iou": round(float(iou[j]), 3) if j >= 0 else 0.0,
-                    "our_score": round(float(ours.scores[j]), 3) if j >= 0 else None})
+        pixels = load_pixels(path, size)
+        match_detections(interpreter_detections(ref_it, pixels), interpreter_detections(other_it, pixels), result,
+                         Path(path).name, min_score=min_score, min_iou=min_iou, score_tol=score_tol)
     return result

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_state_strict
-from ..convert.tflite_format import TFLiteModel, read_tflite
+from ..convert.fidelity import SCORES, SSD_OUTPUTS, ActivationGrid
+from ..convert.tflite_format import TFLiteModel, TFLiteOperator, TFLiteTensor, read_tflite
 from ..model import STEM_CHANNELS
 from .postprocess import PostprocessConfig
 from .ssd import SSD, SSDConfig
@@ -83,6 +84,37 @@ def file_anchors(model: TFLiteModel) -> torch.Tensor:
     if a is None:
         raise ValueError(f"{model.path}: the anchors input of {POSTPROCESS_OP} is not a constant")
     return torch.from_numpy(a[:, [1, 0, 3, 2]].astype(np.float32))  # (yc, xc, h, w) -> (xc, yc, w, h)
+
+
+def _grid(t: TFLiteTensor, activation: str | None = None) -> ActivationGrid | None:
+    if not t.is_quantized or t.scale.size != 1 or t.dtype not in ("uint8", "int8"):
+        return None
+    return ActivationGrid.from_tflite(float(t.scale[0]), int(t.zero_point[0]), dtype=t.dtype, activation=activation)
+
+
+def activation_grids(model: TFLiteModel, named: list[tuple[TFLiteOperator, str]], post: TFLiteOperator
+                     ) -> dict[str, ActivationGrid]:
+    """The uint8 grid of every activation the interpreter quantizes, keyed as ``mobilenet.convert.fidelity`` reads.
+
+    ``input``; each conv's output under our module name (backbone units, extras, box/class heads;
+    a fused ReLU6 narrows the grid); what the post-processing op reads: the concatenated box
+    encodings (``box_encodings``), the concatenated logits before the ``LOGISTIC`` (``class_logits``)
+    and the logistic's output (``class_scores``). The per-head ``RESHAPE`` ops keep their input's
+    grid; the ``CONCATENATION`` requantizes every head onto its own grid, hence two roundings.
+    Empty for a float file.
+    """
+    grids: dict[str, ActivationGrid | None] = {"input": _grid(model.inputs[0])}
+    for op, name in named:
+        grids[name] = _grid(model.tensors[op.outputs[0]], op.options.get("fused_activation_function"))
+    producers = {o: op for op in model.operators for o in op.outputs}
+    grids[SSD_OUTPUTS[0]] = _grid(model.tensors[post.inputs[0]])
+    scores = producers.get(post.inputs[1])
+    if scores is not None and scores.opcode == "LOGISTIC":
+        grids[SSD_OUTPUTS[1]] = _grid(model.tensors[scores.inputs[0]])
+        grids[SCORES] = _grid(model.tensors[post.inputs[1]])
+    else:  # scores computed elsewhere: the op reads the logits' grid only
+        grids[SSD_OUTPUTS[1]] = _grid(model.tensors[post.inputs[1]])
+    return {k: g for k, g in grids.items() if g is not None}
 
 
 def read_labelmap(path: str | os.PathLike[str], num_classes: int) -> list[str]:
@@ -160,8 +192,16 @@ def import_detect_tflite(path: str | os.PathLike[str], labelmap: str | os.PathLi
     if labelmap is None and (path.parent / "labelmap.txt").is_file():
         labelmap = path.parent / "labelmap.txt"
     names = read_labelmap(labelmap, num_classes) if labelmap else [f"class_{k}" for k in range(num_classes)]
+    extra: dict[str, Any] = {"source": str(path), "format": "tflite", "postprocess_op": opts}
+    grids = activation_grids(tfl, [(op, m[0]) for op, m in named], post)
+    if grids:  # a quantized file: the grids it ran on (mobilenet.convert.fidelity.uint8_activations)
+        extra["activation_grids"] = {k: g.to_dict() for k, g in grids.items()}
+        modules = dict(model.named_modules())
+        # the tensors' whole uint8 ranges (as the classifier importer records them, for `mobilenet quantize`)
+        extra["activation_ranges"] = {k: [(0 - g.zero_point) * g.scale, (255 - g.zero_point) * g.scale]
+                                      for k, g in grids.items() if k == "input" or k in modules}
     model.weights_metadata = {  # type: ignore[attr-defined]
         "class_names": names,
-        "extra": {"source": str(path), "format": "tflite", "postprocess_op": opts},
+        "extra": extra,
     }
     return model.eval()
