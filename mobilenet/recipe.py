@@ -159,8 +159,8 @@ def _flatten(d: dict[str, Any], source: str) -> dict[str, Any]:
     return flat
 
 
-def _field_types(name: str) -> tuple[type, ...]:
-    hints = typing.get_type_hints(TrainConfig)
+def _field_types(name: str, cls: type = TrainConfig) -> tuple[type, ...]:
+    hints = typing.get_type_hints(cls)
     t = hints[name]
     origin = typing.get_origin(t)
     if origin is Literal:
@@ -170,18 +170,20 @@ def _field_types(name: str) -> tuple[type, ...]:
     return (t,)
 
 
-def _coerce(d: dict[str, Any], source: str) -> dict[str, Any]:
-    """Check keys and value types, converting ints to floats where a float is expected."""
+def _coerce(d: dict[str, Any], source: str, cls: type = TrainConfig) -> dict[str, Any]:
+    """Check keys and value types against the dataclass ``cls``, converting ints to floats where a float is
+    expected."""
+    known = FIELDS if cls is TrainConfig else {f.name: f for f in fields(cls)}
     out = {}
     for k, v in d.items():
         key = k.replace("-", "_")
-        if key not in FIELDS:
+        if key not in known:
             import difflib
 
-            close = difflib.get_close_matches(key, FIELDS, n=1)
+            close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{source}: unknown training option {k!r}{hint}")
-        types_ = _field_types(key)
+        types_ = _field_types(key, cls)
         if v is not None:
             if float in types_ and isinstance(v, int) and not isinstance(v, bool):
                 v = float(v)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from mobilenet.detection.synthetic import SHAPE_CLASSES, make_shapes_voc
 from tests.conftest import shared_file
 
 CLASSES = ",".join(SHAPE_CLASSES)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.fixture
@@ -121,3 +124,37 @@ def test_export_honours_the_models_nms_mode(tmp_path, capsys):
     assert main(["detect", "export", "--weights", str(weights), "--out", str(out), "--no-nms", "--nms",
                  "per-class"]) == 2
     assert "--no-nms contradicts --nms per-class" in capsys.readouterr().err
+
+
+def test_train_print_config_resolves_recipe_then_flags(capsys):
+    from mobilenet.cli.detect import OPTIMIZER_CHOICES, SCHEDULE_CHOICES
+    from mobilenet.optim import OPTIMIZERS, SCHEDULES
+
+    assert set(OPTIMIZER_CHOICES) == set(OPTIMIZERS) and set(SCHEDULE_CHOICES) == set(SCHEDULES)
+    assert main(["detect", "train", "--config", str(CONFIGS / "ssd_voc.toml"), "--print-config", "--lr", "0.5",
+                 "--no-augment", "--loss", "focal"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["lr"] == 0.5 and cfg["augment"] is False and cfg["classification"] == "focal"  # flags
+    assert cfg["batch_size"] == 24 and cfg["image_size"] == 300 and cfg["workers"] == 4  # recipe
+    assert main(["detect", "train", "--config", str(CONFIGS / "ssd_voc.toml")]) == 2  # no --data
+    assert "--data is required (or data = ... in the --config recipe)" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name, data", [("ssd_voc", ("detection", "voc", "VOCdevkit")),
+                                        ("ssd_kitti", ("detection", "kitti", "training"))])
+def test_recipe_trains_one_step_on_the_shared_samples(tmp_path, capsys, name, data):
+    """Each configs/ssd_*.toml runs as written (only smaller: α 0.25, one epoch) on the real samples."""
+    root = shared_file(*data)
+    run = tmp_path / "run"
+    assert main(["detect", "train", "--config", str(CONFIGS / f"{name}.toml"), "--data", str(root), "--out", str(run),
+                 "--epochs", "1", "--width-mult", "0.25", "--workers", "0", "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    (record,) = json.loads((run / "history.json").read_text())
+    assert math.isfinite(record["loss"]) and record["loss"] > 0
+    state = json.loads(next((run / "states").glob("*/state.json")).read_text())["config"]
+    assert state["train"]["optimizer"] == "rmsprop_tf" and state["train"]["neg_pos_ratio"] == 3.0
+    expected = {"ssd_voc": [300, 300], "ssd_kitti": [384, 1248]}[name]
+    assert state["model"]["image_size"] == expected
+    if name == "ssd_kitti":
+        assert "map" in record  # val split evaluated with the KITTI metric

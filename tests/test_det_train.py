@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -65,3 +67,46 @@ def test_fine_tuning_reads_scores_the_way_the_loss_trains_them(tmp_path, one_thr
     assert model.config.postprocess.score_fn == "softmax" and model.config.postprocess.nms_mode == "per_class"
     assert any("softmax scores" in line for line in logs)
     assert torch.equal(model.backbone.stem.bn.running_mean, bn)  # freeze_bn: statistics untouched
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["ssd_voc", "ssd_kitti"])
+def test_detection_recipes_resolve_and_flags_win(name):
+    from mobilenet.detection.train import resolve_recipe
+
+    path = CONFIGS / f"{name}.toml"
+    setup, cfg = resolve_recipe(path)
+    assert cfg.neg_pos_ratio == 3.0 and cfg.classification == "softmax" and cfg.optimizer == "rmsprop_tf"
+    if name == "ssd_voc":
+        assert setup.format == "voc" and setup.image_hw() == (300, 300) and cfg.batch_size == 24
+        assert cfg.metric == "voc07" and setup.class_names() is None  # the 20 VOC classes
+    else:
+        assert setup.format == "kitti" and setup.image_hw() == (384, 1248) and cfg.metric == "kitti"
+        assert setup.class_names() == ["Car", "Pedestrian", "Cyclist"]
+    setup2, cfg2 = resolve_recipe(path, {"lr": 0.1, "image_size": "64"}, defaults={"workers": 2, "seed": 5})
+    assert cfg2.lr == 0.1 and setup2.image_hw() == (64, 64)  # overrides beat the recipe
+    assert cfg2.workers == 4 and cfg2.seed == 0  # the recipe beats the defaults
+    assert cfg2.epochs == cfg.epochs  # the rest from the recipe
+
+
+def test_recipe_errors_name_the_file_and_the_key(tmp_path):
+    from mobilenet.detection.train import DetTrainConfig, resolve_recipe
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nlearning_rate = 0.1\n")
+    with pytest.raises(ValueError, match=r"bad.toml: unknown training option 'learning_rate'"):
+        resolve_recipe(bad)
+    bad.write_text("[model]\nwidth_mult = 'wide'\n")
+    with pytest.raises(ValueError, match=r"bad.toml: width_mult must be float, got 'wide'"):
+        resolve_recipe(bad)
+    bad.write_text("image_size = '300x'\n")
+    with pytest.raises(ValueError, match=r"image_size must be N or HxW, got '300x'"):
+        resolve_recipe(bad)
+    with pytest.raises(ValueError, match="optimizer must be one of rmsprop_tf, sgd, adamw, got 'adam'"):
+        DetTrainConfig(optimizer="adam")
+    with pytest.raises(FileNotFoundError, match="recipe not found"):
+        resolve_recipe(tmp_path / "missing.toml")
+    # with no recipe and no metric, KITTI data is scored with the KITTI metric
+    assert resolve_recipe(None, {"format": "kitti"})[1].metric == "kitti"

@@ -35,35 +35,61 @@ def _data_args(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+OPTIMIZER_CHOICES = ("sgd", "adamw", "rmsprop_tf")  # mobilenet.optim.OPTIMIZERS, not imported at start-up
+SCHEDULE_CHOICES = ("exponential", "cosine", "step", "constant")  # mobilenet.optim.SCHEDULES
+# `detect train` defaults that differ from the library's DetTrainConfig/DetSetup defaults
+CLI_DEFAULTS: dict[str, Any] = {"workers": 2}
+
+
+def _recipe_flag(p: argparse.ArgumentParser, flag: str, *, key: str | None = None, **kw: Any) -> None:
+    """A flag that overrides the recipe key ``key`` (default: the flag's name); absent from ``args`` unless given."""
+    dest = key or flag[2:].replace("-", "_")
+    p.add_argument(flag, dest=dest, default=argparse.SUPPRESS, **kw)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="detect_command", metavar="SUBCOMMAND")
     sub.required = True
 
-    t = sub.add_parser("train", help="train or fine-tune an SSD", description="Train or fine-tune an SSD.")
-    _data_args(t, "trainval")
-    t.add_argument("--val-split", help="split to evaluate on during training (VOC: e.g. test; KITTI: val)")
-    t.add_argument("--weights", help="start from this detector (e.g. the converted COCO SSD); class heads are "
-                   "replaced when the class count differs")
-    t.add_argument("--backbone-weights", help="MobileNet v1 classification weights for the backbone")
-    t.add_argument("--width-mult", type=float, default=1.0)
-    t.add_argument("--image-size", default="300", help="input size: N or HxW (e.g. 384x1248 for KITTI)")
-    t.add_argument("--ssdlite", action="store_true", help="depthwise separable extras and predictors")
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--optimizer", choices=("sgd", "adamw", "rmsprop_tf"), default="sgd")
-    t.add_argument("--lr", type=float, default=0.01)
-    t.add_argument("--weight-decay", type=float, default=4e-5)
-    t.add_argument("--warmup-epochs", type=float, default=1.0)
-    t.add_argument("--loss", choices=("softmax", "focal"), default="softmax", help="classification loss")
-    t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed (automatic when "
-                   "--weights is an imported .tflite, whose BN is folded)")
-    t.add_argument("--metric", choices=("voc", "voc07", "kitti", "coco"), help="default: kitti for KITTI, else voc")
-    t.add_argument("--eval-every", type=int, default=1)
-    t.add_argument("--out", required=True, help="run folder (states, best/final weights, history.json)")
-    t.add_argument("--resume", help="'auto' or a run/state folder")
-    t.add_argument("--device", default="auto")
-    t.add_argument("--workers", type=int, default=2)
+    t = sub.add_parser("train", help="train or fine-tune an SSD",
+                       description="Train or fine-tune an SSD. Settings: defaults, then a TOML recipe (--config, e.g. "
+                       "configs/ssd_voc.toml, whose keys are these flags' names), then the flags given.")
+    t.add_argument("--config", metavar="TOML", help="recipe file (configs/ssd_*.toml); flags override its keys")
+    t.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
+    _recipe_flag(t, "--data", help="dataset root: VOC folder (VOCdevkit or VOC2007), KITTI training/ folder, or "
+                 "COCO annotation JSON")
+    _recipe_flag(t, "--format", choices=("voc", "kitti", "coco"))
+    _recipe_flag(t, "--split", help="VOC ImageSets/Main list name; KITTI all|train|val")
+    _recipe_flag(t, "--val-split", help="split to evaluate on during training (VOC: e.g. test; KITTI: val)")
+    _recipe_flag(t, "--classes", help="comma-separated class names (default: the format's standard classes)")
+    _recipe_flag(t, "--image-dir", help="COCO: folder of the images (default: beside the JSON)")
+    _recipe_flag(t, "--val-fraction", type=float, help="KITTI seeded split: fraction held out")
+    _recipe_flag(t, "--seed", type=int, help="data order, augmentation, KITTI split and initial weights")
+    _recipe_flag(t, "--weights", help="start from this detector (e.g. the converted COCO SSD); class heads are "
+                 "replaced when the class count differs")
+    _recipe_flag(t, "--backbone-weights", help="MobileNet v1 classification weights for the backbone")
+    _recipe_flag(t, "--width-mult", type=float)
+    _recipe_flag(t, "--image-size", help="input size: N or HxW (e.g. 384x1248 for KITTI)")
+    _recipe_flag(t, "--ssdlite", action="store_true", help="depthwise separable extras and predictors")
+    _recipe_flag(t, "--epochs", type=int)
+    _recipe_flag(t, "--batch-size", type=int)
+    _recipe_flag(t, "--optimizer", choices=OPTIMIZER_CHOICES)
+    _recipe_flag(t, "--lr", type=float)
+    _recipe_flag(t, "--momentum", type=float)
+    _recipe_flag(t, "--weight-decay", type=float)
+    _recipe_flag(t, "--schedule", choices=SCHEDULE_CHOICES)
+    _recipe_flag(t, "--warmup-epochs", type=float)
+    _recipe_flag(t, "--loss", key="classification", choices=("softmax", "focal"), help="classification loss")
+    _recipe_flag(t, "--neg-pos-ratio", type=float, help="hard-negative mining: negatives per positive")
+    _recipe_flag(t, "--no-augment", key="augment", action="store_false", help="no training augmentation")
+    _recipe_flag(t, "--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed (automatic when "
+                 "--weights is an imported .tflite, whose BN is folded)")
+    _recipe_flag(t, "--metric", choices=("voc", "voc07", "kitti", "coco"), help="default: kitti for KITTI, else voc")
+    _recipe_flag(t, "--eval-every", type=int, help="epochs between evaluations (0: only at the end)")
+    _recipe_flag(t, "--out", help="run folder (states, best/final weights, history.json); required")
+    _recipe_flag(t, "--resume", help="'auto' or a run/state folder")
+    _recipe_flag(t, "--device")
+    _recipe_flag(t, "--workers", type=int)
     t.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("eval", help="mAP of a detector (or of saved predictions) on a dataset",
@@ -110,35 +136,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     x.add_argument("--max-detections", type=int, help="detections per image")
 
 
-def _image_size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        raise ValueError(f"--image-size must be N or HxW, got {text!r}") from None
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 32:
-        raise ValueError(f"--image-size must be N or HxW with sides >= 32, got {text!r}")
-    return parts[0], parts[1]
-
-
-def _dataset(args: argparse.Namespace, split: str) -> Any:
+def _dataset(fmt: str, root: str, split: str, classes: list[str] | None, *, val_fraction: float = 0.2,
+             seed: int = 0, image_dir: str | None = None) -> Any:
+    """Read one split, printing annotation problems (file:line: message) to stderr."""
     from ..detection.datasets import read_dataset
 
-    names = [c.strip() for c in args.classes.split(",")] if args.classes else None
     kw: dict[str, Any] = {}
-    if args.data_format == "kitti":
-        kw = {"val_fraction": args.val_fraction, "seed": args.seed}
-    elif args.data_format == "coco":
-        kw = {"image_dir": args.image_dir}
-    ds = read_dataset(args.data_format, args.data, split, names, **kw)
+    if fmt == "kitti":
+        kw = {"val_fraction": val_fraction, "seed": seed}
+    elif fmt == "coco":
+        kw = {"image_dir": image_dir}
+    ds = read_dataset(fmt, root, split, classes, **kw)
     if ds.problems:
-        print(f"{len(ds.problems)} annotation problem(s) in {args.data} ({split}):", file=sys.stderr)
+        print(f"{len(ds.problems)} annotation problem(s) in {root} ({split}):", file=sys.stderr)
         for line in ds.problems[:20]:
             print(f"  {line}", file=sys.stderr)
         if len(ds.problems) > 20:
             print(f"  ... and {len(ds.problems) - 20} more", file=sys.stderr)
     return ds
+
+
+def _args_dataset(args: argparse.Namespace, split: str) -> Any:
+    """``_dataset`` from the eval/predict flags (``_data_args``)."""
+    names = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    return _dataset(args.data_format, args.data, split, names, val_fraction=args.val_fraction, seed=args.seed,
+                    image_dir=args.image_dir)
 
 
 def load_detector(weights: str, map_location: Any = "cpu") -> Any:
@@ -175,42 +197,55 @@ def _folded_bn(model: Any) -> bool:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from dataclasses import fields, replace
+
     from .. import detection  # noqa: F401
     from ..checkpoint import load_state_strict, read
     from ..detection.ssd import SSD, SSDConfig
-    from ..detection.train import DetTrainConfig, train_detector
+    from ..detection.train import DetSetup, DetTrainConfig, resolve_recipe, train_detector
 
-    train_set = _dataset(args, args.split)
-    val_set = _dataset(args, args.val_split) if args.val_split else None
+    keys = {f.name for f in (*fields(DetSetup), *fields(DetTrainConfig))}
+    given = {k: v for k, v in vars(args).items() if k in keys}  # recipe flags are absent unless given
+    setup, cfg = resolve_recipe(args.config, given, defaults=CLI_DEFAULTS)
+    if args.print_config:
+        print(json.dumps({**setup.to_dict(), **cfg.to_dict()}, indent=2))
+        return 0
+    for key in ("data", "out"):
+        if getattr(setup, key) is None:
+            raise ValueError(f"--{key} is required (or {key} = ... in the --config recipe)")
+    assert setup.data is not None and setup.out is not None
+
+    def dataset(split: str) -> Any:
+        return _dataset(setup.format, setup.data, split, setup.class_names(), val_fraction=setup.val_fraction,
+                        seed=cfg.seed, image_dir=setup.image_dir)
+
+    train_set = dataset(setup.split)
+    val_set = dataset(setup.val_split) if setup.val_split else None
     names = train_set.class_names
-    if args.weights:
-        model = load_detector(args.weights)
+    if setup.weights:
+        model = load_detector(setup.weights)
         if model.config.num_classes != len(names):
             model.reset_classes(len(names))
     else:
         import torch
 
-        torch.manual_seed(args.seed)  # --seed fixes the initial weights too, not only the data order
-        model = SSD(SSDConfig(num_classes=len(names), width_mult=args.width_mult,
-                              image_size=_image_size(args.image_size), ssdlite=args.ssdlite))
-    if args.backbone_weights:
-        state, meta = read(args.backbone_weights)
+        torch.manual_seed(cfg.seed)  # --seed fixes the initial weights too, not only the data order
+        model = SSD(SSDConfig(num_classes=len(names), width_mult=setup.width_mult, image_size=setup.image_hw(),
+                              ssdlite=setup.ssdlite))
+    if setup.backbone_weights:
+        state, meta = read(setup.backbone_weights)
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        load_state_strict(model.backbone, state, args.backbone_weights)
-    metric = args.metric or ("kitti" if args.data_format == "kitti" else "voc")
-    cfg = DetTrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, classification=args.loss,
-                         augment=not args.no_augment, metric=metric, eval_every=args.eval_every,
-                         workers=args.workers, seed=args.seed, device=args.device,
-                         freeze_bn=args.freeze_bn or _folded_bn(model))
+        load_state_strict(model.backbone, state, setup.backbone_weights)
+    if _folded_bn(model):
+        cfg = replace(cfg, freeze_bn=True)
     model.train()
-    r = train_detector(model, train_set, val_set, cfg, args.out, resume=args.resume, progress=not args.no_progress,
+    r = train_detector(model, train_set, val_set, cfg, setup.out, resume=setup.resume, progress=not args.no_progress,
                        log=lambda s: print(s, flush=True))
     if not r["is_main"]:
         return 0
-    out = Path(args.out)
+    out = Path(setup.out)
     (out / "history.json").write_text(json.dumps(r["history"], indent=1))
-    print(f"final weights: {r['final']}" + (f"; best ({metric} mAP {r['best_map']:.4f}): {r['best']}"
+    print(f"final weights: {r['final']}" + (f"; best ({cfg.metric} mAP {r['best_map']:.4f}): {r['best']}"
                                             if r["best"] else ""))
     return 0
 
@@ -219,7 +254,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ..detection.evaluate import evaluate_detector, score_detections
     from ..distributed import resolve_device
 
-    ds = _dataset(args, args.split)
+    ds = _args_dataset(args, args.split)
     metric = args.metric or ("kitti" if args.data_format == "kitti" else "voc")
     if args.predictions:
         import torch

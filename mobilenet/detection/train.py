@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .. import distributed as dist_utils
 from ..checkpoint import save
-from ..optim import build_optimizer, lr_multiplier
+from ..optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_multiplier
 from ..train_state import Progress, find_resume, load_state, save_state
 from .augment import TrainTransform, collate
 from .datasets import DetectionDataset
@@ -27,6 +27,15 @@ from .evaluate import evaluate_detector
 from .loss import multibox_loss
 from .matching import match_anchors
 from .ssd import SSD
+
+DATA_FORMATS = ("voc", "kitti", "coco")
+METRICS = ("voc", "voc07", "kitti", "coco")
+CLASSIFICATION_LOSSES = ("softmax", "focal")
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
 
 
 @dataclass(frozen=True)
@@ -56,8 +65,104 @@ class DetTrainConfig:
     # BN was folded away (an imported .tflite: BN is identity + bias), and with small batches.
     freeze_bn: bool = False
 
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.optimizer in OPTIMIZERS,
+               f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        _check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        _check(self.classification in CLASSIFICATION_LOSSES,
+               f"classification must be one of {', '.join(CLASSIFICATION_LOSSES)}, got {self.classification!r}")
+        _check(self.metric in METRICS, f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        _check(self.neg_pos_ratio > 0, f"neg_pos_ratio must be > 0, got {self.neg_pos_ratio}")
+        _check(0 < self.unmatched_threshold <= self.matched_threshold <= 1,
+               f"need 0 < unmatched_threshold <= matched_threshold <= 1, got {self.unmatched_threshold}, "
+               f"{self.matched_threshold}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class DetSetup:
+    """What ``detect train`` needs besides ``DetTrainConfig``: data, model and run folder.
+
+    Together with ``DetTrainConfig``'s fields these are the keys of a detection recipe
+    (``configs/ssd_voc.toml``); ``resolve_recipe`` reads one.
+    """
+
+    data: str | None = None  # VOC folder (VOCdevkit or VOC2007), KITTI training/ folder, or COCO JSON
+    format: str = "voc"
+    split: str = "trainval"  # VOC ImageSets/Main list; KITTI all|train|val
+    val_split: str | None = None  # evaluated during training when given
+    classes: str | list | None = None  # "a,b" or a TOML list; None: the format's standard classes
+    image_dir: str | None = None  # COCO: folder of the images (default: beside the JSON)
+    val_fraction: float = 0.2  # KITTI: fraction held out by the seeded train/val split
+    weights: str | None = None  # start from this detector (e.g. the converted COCO SSD)
+    backbone_weights: str | None = None  # MobileNet v1 classification weights for the backbone
+    width_mult: float = 1.0
+    image_size: int | str = 300  # N or "HxW"
+    ssdlite: bool = False
+    out: str | None = None  # run folder
+    resume: str | None = None  # "auto" or a run/state folder
+
+    def __post_init__(self) -> None:
+        _check(self.format in DATA_FORMATS, f"format must be one of {', '.join(DATA_FORMATS)}, got {self.format!r}")
+        _check(self.width_mult > 0, f"width_mult must be > 0, got {self.width_mult}")
+        _check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if isinstance(self.classes, list):
+            _check(all(isinstance(c, str) and c for c in self.classes),
+                   f"classes must be a list of names, got {self.classes!r}")
+        self.image_hw()  # validates
+
+    def image_hw(self) -> tuple[int, int]:
+        """``image_size`` as (height, width)."""
+        text = str(self.image_size)
+        try:
+            parts = [int(v) for v in text.lower().split("x")]
+        except ValueError:
+            raise ValueError(f"image_size must be N or HxW, got {text!r}") from None
+        if len(parts) == 1:
+            parts *= 2
+        if len(parts) != 2 or min(parts) < 32:
+            raise ValueError(f"image_size must be N or HxW with sides >= 32, got {text!r}")
+        return parts[0], parts[1]
+
+    def class_names(self) -> list[str] | None:
+        if self.classes is None:
+            return None
+        names = self.classes if isinstance(self.classes, list) else self.classes.split(",")
+        return [c.strip() for c in names if c.strip()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_recipe(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None, *,
+                   defaults: dict[str, Any] | None = None) -> tuple[DetSetup, DetTrainConfig]:
+    """The dataclasses' defaults, then ``defaults`` (e.g. a command's own), then the TOML ``recipe``'s keys,
+    then ``overrides`` (e.g. the flags given): later wins.
+
+    Keys are ``DetSetup`` and ``DetTrainConfig`` field names; TOML tables only group them (as in
+    ``mobilenet.recipe``). ``metric`` defaults to ``kitti`` for KITTI data and ``voc`` otherwise.
+    """
+    from ..recipe import _coerce, _flatten, read_toml
+
+    setup_keys = {f.name for f in fields(DetSetup)}
+    sources = [("defaults", defaults or {})]
+    if recipe is not None:
+        sources.append((str(recipe), _flatten(read_toml(recipe), str(recipe))))
+    sources.append(("overrides", overrides or {}))
+    merged: dict[str, Any] = {}
+    for source, d in sources:
+        d = {k.replace("-", "_"): v for k, v in d.items()}
+        merged.update(_coerce({k: v for k, v in d.items() if k in setup_keys}, source, DetSetup))
+        merged.update(_coerce({k: v for k, v in d.items() if k not in setup_keys}, source, DetTrainConfig))
+    if "metric" not in merged:
+        merged["metric"] = "kitti" if merged.get("format") == "kitti" else "voc"
+    setup = DetSetup(**{k: v for k, v in merged.items() if k in setup_keys})
+    return setup, DetTrainConfig(**{k: v for k, v in merged.items() if k not in setup_keys})
 
 
 def build_targets(model: SSD, targets: list[dict[str, Any]], image_size: tuple[int, int], cfg: DetTrainConfig,
