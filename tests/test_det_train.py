@@ -110,3 +110,18 @@ def test_recipe_errors_name_the_file_and_the_key(tmp_path):
         resolve_recipe(tmp_path / "missing.toml")
     # with no recipe and no metric, KITTI data is scored with the KITTI metric
     assert resolve_recipe(None, {"format": "kitti"})[1].metric == "kitti"
+
+
+def test_set_input_size_drops_anchors_stored_for_the_old_size(tmp_path):
+    from mobilenet.checkpoint import load, save
+    from mobilenet.detection.train import set_input_size
+
+    model = SSD(SSDConfig(num_classes=2, width_mult=0.25, image_size=(64, 64), anchors_in_weights=True)).eval()
+    assert not set_input_size(model, (64, 64)) and hasattr(model, "anchor_table")
+    assert set_input_size(model, (64, 128))
+    assert model.config.image_size == (64, 128) and not model.config.anchors_in_weights
+    assert "anchor_table" not in model.state_dict()
+    box_pred, _ = model(torch.zeros(1, 3, 64, 128))
+    assert model.anchors().shape == (box_pred.shape[1], 4)  # anchors for the new feature maps
+    again = load(save(model, tmp_path / "wide.safetensors"))  # the file rebuilds the wide model
+    assert again.config.image_size == (64, 128)

@@ -69,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  "replaced when the class count differs")
     _recipe_flag(t, "--backbone-weights", help="MobileNet v1 classification weights for the backbone")
     _recipe_flag(t, "--width-mult", type=float)
-    _recipe_flag(t, "--image-size", help="input size: N or HxW (e.g. 384x1248 for KITTI)")
+    _recipe_flag(t, "--image-size", help="input size: N or HxW (e.g. 384x1248 for KITTI); default: the --weights' "
+                 "size, else 300")
     _recipe_flag(t, "--ssdlite", action="store_true", help="depthwise separable extras and predictors")
     _recipe_flag(t, "--epochs", type=int)
     _recipe_flag(t, "--batch-size", type=int)
@@ -202,7 +203,7 @@ def _train(args: argparse.Namespace) -> int:
     from .. import detection  # noqa: F401
     from ..checkpoint import load_state_strict, read
     from ..detection.ssd import SSD, SSDConfig
-    from ..detection.train import DetSetup, DetTrainConfig, resolve_recipe, train_detector
+    from ..detection.train import DetSetup, DetTrainConfig, resolve_recipe, set_input_size, train_detector
 
     keys = {f.name for f in (*fields(DetSetup), *fields(DetTrainConfig))}
     given = {k: v for k, v in vars(args).items() if k in keys}  # recipe flags are absent unless given
@@ -222,16 +223,20 @@ def _train(args: argparse.Namespace) -> int:
     train_set = dataset(setup.split)
     val_set = dataset(setup.val_split) if setup.val_split else None
     names = train_set.class_names
+    size = setup.image_hw()
     if setup.weights:
         model = load_detector(setup.weights)
         if model.config.num_classes != len(names):
             model.reset_classes(len(names))
+        old = model.config.image_size
+        if size and set_input_size(model, size):
+            print(f"input size {old[0]}x{old[1]} -> {size[0]}x{size[1]} (anchors generated for the new size)")
     else:
         import torch
 
         torch.manual_seed(cfg.seed)  # --seed fixes the initial weights too, not only the data order
-        model = SSD(SSDConfig(num_classes=len(names), width_mult=setup.width_mult, image_size=setup.image_hw(),
-                              ssdlite=setup.ssdlite))
+        model = SSD(SSDConfig(num_classes=len(names), width_mult=setup.width_mult, ssdlite=setup.ssdlite,
+                              **({"image_size": size} if size else {})))
     if setup.backbone_weights:
         state, meta = read(setup.backbone_weights)
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}

@@ -102,7 +102,7 @@ class DetSetup:
     weights: str | None = None  # start from this detector (e.g. the converted COCO SSD)
     backbone_weights: str | None = None  # MobileNet v1 classification weights for the backbone
     width_mult: float = 1.0
-    image_size: int | str = 300  # N or "HxW"
+    image_size: int | str | None = None  # N or "HxW"; None: the --weights' size, else 300
     ssdlite: bool = False
     out: str | None = None  # run folder
     resume: str | None = None  # "auto" or a run/state folder
@@ -116,8 +116,10 @@ class DetSetup:
                    f"classes must be a list of names, got {self.classes!r}")
         self.image_hw()  # validates
 
-    def image_hw(self) -> tuple[int, int]:
-        """``image_size`` as (height, width)."""
+    def image_hw(self) -> tuple[int, int] | None:
+        """``image_size`` as (height, width); None when not set."""
+        if self.image_size is None:
+            return None
         text = str(self.image_size)
         try:
             parts = [int(v) for v in text.lower().split("x")]
@@ -137,6 +139,21 @@ class DetSetup:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def set_input_size(model: SSD, image_size: tuple[int, int]) -> bool:
+    """Train and run ``model`` at ``image_size`` (H, W) from now on; returns whether it changed.
+
+    The convolutions apply at any size and anchors are generated for the new feature maps. Anchors
+    stored in the weights (an imported .tflite's quantized table) fit only their own size: they are dropped.
+    """
+    size = (int(image_size[0]), int(image_size[1]))
+    if size == tuple(model.config.image_size):
+        return False
+    if model.config.anchors_in_weights:
+        del model.anchor_table  # (A, 4) for the old size
+    model.config = replace(model.config, image_size=size, anchors_in_weights=False)
+    return True
 
 
 def resolve_recipe(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None, *,
