@@ -125,3 +125,23 @@ def test_set_input_size_drops_anchors_stored_for_the_old_size(tmp_path):
     assert model.anchors().shape == (box_pred.shape[1], 4)  # anchors for the new feature maps
     again = load(save(model, tmp_path / "wide.safetensors"))  # the file rebuilds the wide model
     assert again.config.image_size == (64, 128)
+
+
+def test_adopt_classes_renames_so_evaluation_does_not_map_by_the_old_names(tmp_path):
+    from mobilenet.detection.evaluate import evaluate_detector
+    from mobilenet.detection.train import adopt_classes
+
+    root = make_shapes_voc(tmp_path / "shapes", num_train=2, num_test=2, image_size=64, seed=5)
+    test = read_voc(root, "test", SHAPE_CLASSES)
+    model = SSD(SSDConfig(num_classes=5, width_mult=0.25, image_size=(64, 64))).eval()
+    model.weights_metadata = {"class_names": ["person", "car", "dog", "cat", "bird"], "extra": {"x": 1}}
+    with pytest.raises(ValueError, match="share no name"):  # what fine-tuning an import ran into
+        evaluate_detector(model, test)
+    cfg = DetTrainConfig(epochs=1, batch_size=2, optimizer="sgd", lr=1e-4, eval_every=0, device="cpu")
+    with pytest.raises(ValueError, match="the model detects 5 classes, the training set has 3"):
+        train_detector(model, read_voc(root, "trainval", SHAPE_CLASSES), None, cfg, tmp_path / "run",
+                       progress=False, log=lambda s: None)
+    adopt_classes(model, list(SHAPE_CLASSES))
+    assert model.config.num_classes == 3 and model.cls_heads[0].out_channels == 3 * 4
+    assert model.weights_metadata == {"class_names": list(SHAPE_CLASSES), "extra": {"x": 1}}
+    assert evaluate_detector(model, test)["metric"] == "voc"

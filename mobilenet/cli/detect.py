@@ -203,7 +203,14 @@ def _train(args: argparse.Namespace) -> int:
     from .. import detection  # noqa: F401
     from ..checkpoint import load_state_strict, read
     from ..detection.ssd import SSD, SSDConfig
-    from ..detection.train import DetSetup, DetTrainConfig, resolve_recipe, set_input_size, train_detector
+    from ..detection.train import (
+        DetSetup,
+        DetTrainConfig,
+        adopt_classes,
+        resolve_recipe,
+        set_input_size,
+        train_detector,
+    )
 
     keys = {f.name for f in (*fields(DetSetup), *fields(DetTrainConfig))}
     given = {k: v for k, v in vars(args).items() if k in keys}  # recipe flags are absent unless given
@@ -226,8 +233,7 @@ def _train(args: argparse.Namespace) -> int:
     size = setup.image_hw()
     if setup.weights:
         model = load_detector(setup.weights)
-        if model.config.num_classes != len(names):
-            model.reset_classes(len(names))
+        adopt_classes(model, names)
         old = model.config.image_size
         if size and set_input_size(model, size):
             print(f"input size {old[0]}x{old[1]} -> {size[0]}x{size[1]} (anchors generated for the new size)")

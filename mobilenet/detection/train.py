@@ -141,6 +141,16 @@ class DetSetup:
         return asdict(self)
 
 
+def adopt_classes(model: SSD, class_names: list[str]) -> None:
+    """Make ``model`` a detector of ``class_names`` (fine-tuning): new class predictors when the count
+    differs, and the names recorded in ``model.weights_metadata``, so that evaluation does not map the new
+    labels by the old names (``evaluate.remap_labels``, e.g. the COCO names of an imported model)."""
+    if model.config.num_classes != len(class_names):
+        model.reset_classes(len(class_names))
+    meta = dict(getattr(model, "weights_metadata", None) or {})
+    model.weights_metadata = {**meta, "class_names": list(class_names)}  # type: ignore[assignment]
+
+
 def set_input_size(model: SSD, image_size: tuple[int, int]) -> bool:
     """Train and run ``model`` at ``image_size`` (H, W) from now on; returns whether it changed.
 
@@ -241,6 +251,10 @@ def train_detector(
                                                 expand_ratio=4.0 if cfg.augment else 1.0))
     if len(train_set) == 0:
         raise ValueError("the training set is empty")
+    if mcfg.num_classes != len(train_set.class_names):
+        raise ValueError(f"the model detects {mcfg.num_classes} classes, the training set has "
+                         f"{len(train_set.class_names)}: call adopt_classes(model, names) first")
+    adopt_classes(model, train_set.class_names)  # records the names: evaluation maps labels by them
     if info.distributed:
         sampler = torch.utils.data.DistributedSampler(train_set, info.world_size, info.rank, seed=cfg.seed)
     else:
