@@ -64,12 +64,18 @@ class ActivationGrid:
     zero_point: int
     quant_min: int = _QUANT_MIN
     quant_max: int = _QUANT_MAX
+    # conv outputs: the real value of one unit of the int32 accumulator (input scale x weight scale;
+    # one value, or one per output channel); () when not recorded
+    accumulator_scale: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.scale > 0:
             raise ValueError(f"activation grid scale must be > 0, got {self.scale!r}")
         if not self.quant_min <= self.quant_max:
             raise ValueError(f"activation grid quant_min {self.quant_min} > quant_max {self.quant_max}")
+        object.__setattr__(self, "accumulator_scale", tuple(float(v) for v in self.accumulator_scale))
+        if any(not v > 0 for v in self.accumulator_scale):
+            raise ValueError(f"accumulator_scale must be > 0, got {self.accumulator_scale!r}")
 
     @classmethod
     def from_range(cls, lo: float, hi: float) -> ActivationGrid:
@@ -79,8 +85,8 @@ class ActivationGrid:
         return cls(scale=scale, zero_point=zero_point)
 
     @classmethod
-    def from_tflite(cls, scale: float, zero_point: int, *, dtype: str = "uint8", activation: str | None = None
-                    ) -> ActivationGrid:
+    def from_tflite(cls, scale: float, zero_point: int, *, dtype: str = "uint8", activation: str | None = None,
+                    accumulator_scale: tuple[float, ...] = ()) -> ActivationGrid:
         """A TF Lite tensor's grid, narrowed as the interpreter clamps a fused ``RELU``/``RELU6``.
 
         An int8 tensor is expressed on the equivalent uint8 grid (zero point + 128): the same real values.
@@ -94,7 +100,8 @@ class ActivationGrid:
             qmin = max(qmin, zp)
         if activation == "RELU6":
             qmax = min(qmax, zp + int(_round_half_away(torch.tensor(6.0 / float(scale), dtype=torch.float32))))
-        return cls(scale=float(scale), zero_point=zp, quant_min=qmin, quant_max=qmax)
+        return cls(scale=float(scale), zero_point=zp, quant_min=qmin, quant_max=qmax,
+                   accumulator_scale=accumulator_scale)
 
     @property
     def range(self) -> tuple[float, float]:
@@ -102,12 +109,15 @@ class ActivationGrid:
         return ((self.quant_min - self.zero_point) * self.scale, (self.quant_max - self.zero_point) * self.scale)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["accumulator_scale"] = list(self.accumulator_scale)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ActivationGrid:
         return cls(scale=float(d["scale"]), zero_point=int(d["zero_point"]),
-                   quant_min=int(d.get("quant_min", _QUANT_MIN)), quant_max=int(d.get("quant_max", _QUANT_MAX)))
+                   quant_min=int(d.get("quant_min", _QUANT_MIN)), quant_max=int(d.get("quant_max", _QUANT_MAX)),
+                   accumulator_scale=tuple(d.get("accumulator_scale") or ()))
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Real values -> the integers ``q`` (as floats of ``x``'s dtype), rounded and clamped."""
@@ -116,6 +126,51 @@ class ActivationGrid:
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Round ``x`` to the nearest grid value (clamped to the grid's range); same shape and dtype."""
         return (self.quantize(x) - self.zero_point) * self.scale
+
+    def requantize_accumulator(self, y: torch.Tensor) -> torch.Tensor:
+        """A conv output ``y`` (B, C, H, W), computed exactly (float64), rounded as the interpreter does.
+
+        ``y / accumulator_scale`` recovers the int32 accumulator (exact in float64 when the weights
+        sit on their grid); the default interpreter (XNNPACK) then computes ``q = rint(float32(acc) *
+        float32(multiplier)) + zero_point`` (ties to even), multiplier = accumulator scale / output
+        scale, clamped to [quant_min, quant_max]. Measured bit-exact against its uint8 tensors.
+        """
+        if not self.accumulator_scale:
+            raise ValueError("this grid has no accumulator_scale: the exact requantization needs one")
+        acc_scale = torch.tensor(self.accumulator_scale, dtype=torch.float64)
+        view = (1, -1, 1, 1) if acc_scale.numel() > 1 else ()
+        acc = torch.round(y.double() / acc_scale.reshape(view))
+        multiplier = (acc_scale / self.scale).float().reshape(view)
+        q = torch.round(acc.float() * multiplier).double() + self.zero_point  # float32 product, as XNNPACK
+        return ((q.clamp(self.quant_min, self.quant_max) - self.zero_point) * self.scale).to(y.dtype)
+
+    def integers(self, x: torch.Tensor) -> torch.Tensor:
+        """The integers ``q`` (int64) of values already on this grid."""
+        return torch.round(x.double() / self.scale).long() + self.zero_point
+
+
+def requantize_table(src: ActivationGrid, dst: ActivationGrid) -> torch.Tensor:
+    """(256,) float64 real values: each uint8 of ``src`` moved onto ``dst`` as TF Lite's CONCATENATION does.
+
+    ``round(q * s + b) + zero_point`` in float32 with s = src scale / dst scale, b = -src zero point * s
+    (ties away from zero); an input on the output's grid is copied.
+    """
+    q = torch.arange(_QUANT_MIN, _QUANT_MAX + 1, dtype=torch.float32)
+    if src.scale == dst.scale and src.zero_point == dst.zero_point:
+        out = q
+    else:
+        s = torch.tensor(src.scale, dtype=torch.float32) * (1 / torch.tensor(dst.scale, dtype=torch.float32))
+        out = (_round_half_away(q * s + (-src.zero_point) * s) + dst.zero_point).clamp(_QUANT_MIN, _QUANT_MAX)
+    return (out.double() - dst.zero_point) * dst.scale
+
+
+def logistic_table(src: ActivationGrid, dst: ActivationGrid) -> torch.Tensor:
+    """(256,) float64 probabilities: TF Lite's uint8 LOGISTIC table (float32 sigmoid, rounded to ``dst``)."""
+    q = torch.arange(_QUANT_MIN, _QUANT_MAX + 1, dtype=torch.float32)
+    x = torch.tensor(src.scale, dtype=torch.float32) * (q - src.zero_point)
+    p = 1 / (1 + torch.exp(-x))
+    out = (_round_half_away(p * (1 / torch.tensor(dst.scale, dtype=torch.float32))) + dst.zero_point)
+    return (out.clamp(dst.quant_min, dst.quant_max).double() - dst.zero_point) * dst.scale
 
 
 def recorded_activation_grids(model: nn.Module) -> dict[str, ActivationGrid]:
@@ -138,30 +193,34 @@ def recorded_activation_grids(model: nn.Module) -> dict[str, ActivationGrid]:
     return grids
 
 
-def _logit_of_scores(grid: ActivationGrid, logits: torch.Tensor) -> torch.Tensor:
-    """Logits whose sigmoid is the interpreter's uint8 LOGISTIC output (computed in float64, then cast).
+def _logits_of(p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Logits whose sigmoid is ``p`` (float64 math, then cast): post-processing's sigmoid gives ``p`` back.
 
-    TF Lite's uint8 LOGISTIC is a table: sigmoid of the dequantized input, rounded to the output
-    grid. Equal grid values give equal logits, so ties between anchors stay exact ties.
+    Equal probabilities give equal logits, so ties between anchors stay exact ties; p = 0 -> -inf, 1 -> inf.
     """
-    p = grid.fake_quantize(torch.sigmoid(logits.double()))
-    return (torch.log(p) - torch.log1p(-p)).to(logits.dtype)  # p = 0 -> -inf, p = 1 -> inf: sigmoid gives 0, 1
+    return (torch.log(p) - torch.log1p(-p)).to(dtype)
 
 
-def _output_hook(grid: ActivationGrid) -> Any:
+def _unit_hook(grid: ActivationGrid, exact: bool, then: torch.Tensor | None) -> Any:
     def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        return grid.fake_quantize(output)
+        out = grid.requantize_accumulator(output) if exact else grid.fake_quantize(output)
+        if then is not None:  # a head feeding TF Lite's CONCATENATION: moved onto the concat's grid
+            out = then.to(out.device)[grid.integers(out)].to(out.dtype)
+        return out
     return hook
 
 
-def _input_hook(grid: ActivationGrid) -> Any:
+def _input_hook(grid: ActivationGrid | None, dtype: torch.dtype | None) -> Any:
     def hook(_module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
-        return (grid.fake_quantize(inputs[0]), *inputs[1:])
+        x = inputs[0] if dtype is None else inputs[0].to(dtype)
+        return (x if grid is None else grid.fake_quantize(x), *inputs[1:])
     return hook
 
 
 def _ssd_output_hook(boxes_grid: ActivationGrid | None, logits_grid: ActivationGrid | None,
                      scores_grid: ActivationGrid | None) -> Any:
+    table = logistic_table(logits_grid, scores_grid) if logits_grid and scores_grid else None
+
     def hook(_module: nn.Module, _inputs: Any, output: tuple[torch.Tensor, torch.Tensor]
              ) -> tuple[torch.Tensor, torch.Tensor]:
         boxes, logits = output  # (B, A, 4) offsets, (B, A, C+1) logits
@@ -169,37 +228,78 @@ def _ssd_output_hook(boxes_grid: ActivationGrid | None, logits_grid: ActivationG
             boxes = boxes_grid.fake_quantize(boxes)
         if logits_grid is not None:
             logits = logits_grid.fake_quantize(logits)
-        if scores_grid is not None:
-            logits = _logit_of_scores(scores_grid, logits)
+        if table is not None and logits_grid is not None:
+            logits = _logits_of(table.to(logits.device)[logits_grid.integers(logits)], logits.dtype)
+        elif scores_grid is not None:
+            logits = _logits_of(scores_grid.fake_quantize(torch.sigmoid(logits.double())), logits.dtype)
         return boxes, logits
     return hook
 
 
-def add_activation_hooks(model: nn.Module, grids: dict[str, ActivationGrid] | None = None
+def _cast_output_hook(dtype: torch.dtype) -> Any:
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return tuple(o.to(dtype) for o in output)
+        return output.to(dtype)
+    return hook
+
+
+def _weight_name(modules: dict[str, nn.Module], name: str) -> str | None:
+    """State-dict name of the conv weight whose output ``name`` is (a conv-bn-act unit or a bare conv)."""
+    module = modules.get(name)
+    if isinstance(module, nn.Conv2d):
+        return f"{name}.weight"
+    if isinstance(getattr(module, "conv", None), nn.Conv2d):
+        return f"{name}.conv.weight"
+    return None
+
+
+def _special(name: str) -> bool:
+    return name in (INPUT, POOL, *SSD_OUTPUTS, SCORES)
+
+
+def can_run_exact(model: nn.Module, grids: dict[str, ActivationGrid] | None = None) -> bool:
+    """True if every recorded conv output has an accumulator scale and its weight a recorded grid."""
+    from ..deploy.quantize import recorded_grids
+
+    grids = recorded_activation_grids(model) if grids is None else grids
+    weights = recorded_grids(model)[1]
+    modules = dict(model.named_modules())
+    units = [n for n in grids if not _special(n)]
+    return bool(units) and all(grids[n].accumulator_scale and _weight_name(modules, n) in weights for n in units)
+
+
+def add_activation_hooks(model: nn.Module, grids: dict[str, ActivationGrid] | None = None, *, exact: bool = False
                          ) -> list[torch.utils.hooks.RemovableHandle]:
     """Register the rounding hooks on ``model`` (default grids: the recorded ones); returns their handles.
 
-    Prefer :func:`uint8_activations`, which removes them again. Raises ``ValueError`` naming a
-    grid that matches no module of the model, or a score grid on a model without sigmoid scores.
+    Prefer :func:`uint8_activations`, which removes them again (and prepares ``exact``: the model in
+    float64 with its weights on their grids). Raises ``ValueError`` naming a grid that matches no
+    module of the model, or a score grid on a model without sigmoid scores.
     """
     grids = recorded_activation_grids(model) if grids is None else grids
     modules = dict(model.named_modules())
+    boxes, logits, scores = grids.get(SSD_OUTPUTS[0]), grids.get(SSD_OUTPUTS[1]), grids.get(SCORES)
     handles = []
     try:
+        if INPUT in grids or exact:
+            handles.append(model.register_forward_pre_hook(_input_hook(grids.get(INPUT),
+                                                                       torch.float64 if exact else None)))
+        if POOL in grids:
+            if not isinstance(modules.get("classifier"), nn.Module):
+                raise ValueError(f"grid {POOL!r} rounds the classifier's input, but "
+                                 f"{type(model).__name__} has no 'classifier' module")
+            handles.append(modules["classifier"].register_forward_pre_hook(_input_hook(grids[POOL], None)))
         for name, grid in grids.items():
-            if name == INPUT:
-                handles.append(model.register_forward_pre_hook(_input_hook(grid)))
-            elif name == POOL:
-                if not isinstance(modules.get("classifier"), nn.Module):
-                    raise ValueError(f"grid {POOL!r} rounds the classifier's input, but "
-                                     f"{type(model).__name__} has no 'classifier' module")
-                handles.append(modules["classifier"].register_forward_pre_hook(_input_hook(grid)))
-            elif name not in (*SSD_OUTPUTS, SCORES):
-                if name not in modules or name == "":
-                    raise ValueError(f"recorded activation grid {name!r} matches no module of "
-                                     f"{type(model).__name__}")
-                handles.append(modules[name].register_forward_hook(_output_hook(grid)))
-        boxes, logits, scores = grids.get(SSD_OUTPUTS[0]), grids.get(SSD_OUTPUTS[1]), grids.get(SCORES)
+            if _special(name):
+                continue
+            if name not in modules or name == "":
+                raise ValueError(f"recorded activation grid {name!r} matches no module of {type(model).__name__}")
+            # SSD heads feed TF Lite's concatenations, which requantize each head onto their own grid
+            concat = boxes if name.startswith("box_heads.") else logits if name.startswith("cls_heads.") else None
+            then = requantize_table(grid, concat) if concat is not None else None
+            handles.append(modules[name].register_forward_hook(_unit_hook(grid, exact and bool(grid.accumulator_scale),
+                                                                          then)))
         if boxes is not None or logits is not None or scores is not None:
             post = getattr(getattr(model, "config", None), "postprocess", None)
             if scores is not None and getattr(post, "score_fn", None) != "sigmoid":
@@ -213,16 +313,56 @@ def add_activation_hooks(model: nn.Module, grids: dict[str, ActivationGrid] | No
     return handles
 
 
+def _snap_weights(model: nn.Module, names: list[str], weight_grids: dict[str, dict[str, Any]]) -> None:
+    """Put each named weight exactly on its recorded grid (its float32 copy is off by up to half an ulp)."""
+    state = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            w = state[name]
+            scale = torch.tensor(weight_grids[name]["scale"], dtype=w.dtype, device=w.device)
+            scale = scale.reshape(-1, *([1] * (w.ndim - 1))) if scale.numel() > 1 else scale
+            w.copy_(torch.round(w / scale) * scale)
+
+
 @contextmanager
-def uint8_activations(model: nn.Module, grids: dict[str, ActivationGrid] | None = None) -> Iterator[nn.Module]:
+def uint8_activations(model: nn.Module, grids: dict[str, ActivationGrid] | None = None, *,
+                      exact: bool | None = None) -> Iterator[nn.Module]:
     """Within the block, ``model`` rounds every recorded activation to its uint8 grid (TF Lite fidelity).
 
     ``grids`` defaults to :func:`recorded_activation_grids` (``ValueError`` if the model has none).
-    The hooks are removed on exit, also after an exception.
+    ``exact`` (default: whenever :func:`can_run_exact`): run in float64 with the weights on their
+    recorded grids, so each conv's int32 accumulator is recovered exactly and requantized as the
+    interpreter does (:meth:`ActivationGrid.requantize_accumulator`); otherwise each float output
+    is rounded to its grid. Outputs keep the model's dtype. On exit (also after an exception) the
+    hooks are removed and the model's dtype and weights restored.
     """
-    handles = add_activation_hooks(model, grids)
+    from ..deploy.quantize import recorded_grids
+
+    grids = recorded_activation_grids(model) if grids is None else grids
+    possible = can_run_exact(model, grids)
+    if exact and not possible:
+        raise ValueError(f"exact fidelity needs an accumulator scale for every recorded conv output and the "
+                         f"weights' grids; {type(model).__name__} was imported without them (re-import the .tflite)")
+    exact = possible if exact is None else exact
+    saved: dict[str, torch.Tensor] = {}
+    dtype = next(model.parameters()).dtype
+    if exact:
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        modules = dict(model.named_modules())
+        model.double()
+        _snap_weights(model, [_weight_name(modules, n) for n in grids if not _special(n)], recorded_grids(model)[1])
+    try:
+        handles = add_activation_hooks(model, grids, exact=exact)
+        if exact:
+            handles.append(model.register_forward_hook(_cast_output_hook(dtype)))
+    except BaseException:
+        if saved:
+            model.to(dtype).load_state_dict(saved)
+        raise
     try:
         yield model
     finally:
         for h in handles:
             h.remove()
+        if saved:
+            model.to(dtype).load_state_dict(saved)

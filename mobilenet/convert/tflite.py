@@ -59,7 +59,7 @@ def _float_range(t: TFLiteTensor) -> list[float] | None:
     return [(qmin - zp) * scale, (qmax - zp) * scale]
 
 
-def _weight_grid(model: TFLiteModel, index: int, producers: dict[int, TFLiteOperator]) -> dict[str, Any] | None:
+def weight_grid(model: TFLiteModel, index: int, producers: dict[int, TFLiteOperator]) -> dict[str, Any] | None:
     """The quantization grid of a stored kernel (looking through DEQUANTIZE), for our (O, ...) layout.
 
     TF Lite quantizes conv kernels along the output channel (OHWI dim 0), depthwise kernels along
@@ -73,6 +73,29 @@ def _weight_grid(model: TFLiteModel, index: int, producers: dict[int, TFLiteOper
     qmin, qmax = _QRANGE[t.dtype]
     return {"scale": [float(v) for v in t.scale], "zero_point": [int(v) for v in t.zero_point],
             "quant_min": qmin, "quant_max": qmax, "axis": 0}
+
+
+def _kernel(model: TFLiteModel, index: int, producers: dict[int, TFLiteOperator]) -> TFLiteTensor:
+    t = model.tensors[index]
+    if not t.is_constant and index in producers and producers[index].opcode == "DEQUANTIZE":
+        t = model.tensors[producers[index].inputs[0]]
+    return t
+
+
+def conv_output_grid(model: TFLiteModel, op: TFLiteOperator, producers: dict[int, TFLiteOperator]
+                     ) -> ActivationGrid | None:
+    """The uint8 grid of a conv/fully-connected op's output, with its fused activation's clamp and the
+    accumulator scale (input scale x kernel scale, per output channel if the kernel is) the
+    interpreter requantizes from. None when the output is not quantized."""
+    out, inp = model.tensors[op.outputs[0]], model.tensors[op.inputs[0]]
+    if _float_range(out) is None:
+        return None
+    kernel = _kernel(model, op.inputs[1], producers)
+    acc: tuple[float, ...] = ()
+    if _float_range(inp) is not None and kernel.is_quantized:
+        acc = tuple(float(np.float64(inp.scale[0]) * np.float64(s)) for s in kernel.scale)
+    return ActivationGrid.from_tflite(float(out.scale[0]), int(out.zero_point[0]), dtype=out.dtype,
+                                      activation=op.options.get("fused_activation_function"), accumulator_scale=acc)
 
 
 def quantization_grids(model: TFLiteModel, units: list[TFLiteOperator], head: TFLiteOperator | None
@@ -93,14 +116,14 @@ def quantization_grids(model: TFLiteModel, units: list[TFLiteOperator], head: TF
         r = _float_range(model.tensors[op.outputs[0]])
         if r is not None:
             ranges[name] = r
-        grid = _weight_grid(model, op.inputs[1], producers)
+        grid = weight_grid(model, op.inputs[1], producers)
         if grid is not None:
             weights[f"{name}.conv.weight"] = grid
     if head is not None:
         r = _float_range(model.tensors[head.outputs[0]])
         if r is not None:
             ranges["classifier"] = r
-        grid = _weight_grid(model, head.inputs[1], producers)
+        grid = weight_grid(model, head.inputs[1], producers)
         if grid is not None:
             weights["classifier.weight"] = grid
     return ranges, weights
@@ -113,18 +136,19 @@ def activation_grids(model: TFLiteModel, units: list[TFLiteOperator], head: TFLi
     (the average pool's output, our classifier's input) and ``classifier``. Empty for a float file.
     """
     names = ["stem"] + [f"blocks.{i}.{part}" for i in range(len(LAYERS)) for part in ("dw", "pw")]
+    producers = {o: op for op in model.operators for o in op.outputs}
+    convs = list(zip(names, units, strict=True))
     points = [("input", model.tensors[units[0].inputs[0]], None)]
-    points += [(n, model.tensors[op.outputs[0]], op.options.get("fused_activation_function"))
-               for n, op in zip(names, units, strict=True)]
     if head is not None:
         pool = next((op for op in model.operators if op.opcode in ("AVERAGE_POOL_2D", "MEAN")
                      and op.inputs[0] == units[-1].outputs[0]), None)
         if pool is not None:
             points.append(("pool", model.tensors[pool.outputs[0]], pool.options.get("fused_activation_function")))
-        points.append(("classifier", model.tensors[head.outputs[0]], head.options.get("fused_activation_function")))
-    return {name: ActivationGrid.from_tflite(float(t.scale[0]), int(t.zero_point[0]), dtype=t.dtype,
-                                             activation=act)
-            for name, t, act in points if _float_range(t) is not None}
+        convs.append(("classifier", head))
+    grids = {name: ActivationGrid.from_tflite(float(t.scale[0]), int(t.zero_point[0]), dtype=t.dtype, activation=act)
+             for name, t, act in points if _float_range(t) is not None}
+    grids.update({name: g for name, op in convs if (g := conv_output_grid(model, op, producers)) is not None})
+    return grids
 
 
 def import_tflite(path: str | os.PathLike[str]) -> Imported:

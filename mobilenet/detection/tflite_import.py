@@ -27,6 +27,7 @@ import torch
 
 from ..checkpoint import load_state_strict
 from ..convert.fidelity import SCORES, SSD_OUTPUTS, ActivationGrid
+from ..convert.tflite import conv_output_grid, weight_grid
 from ..convert.tflite_format import TFLiteModel, TFLiteOperator, TFLiteTensor, read_tflite
 from ..model import STEM_CHANNELS
 from .postprocess import PostprocessConfig
@@ -86,10 +87,10 @@ def file_anchors(model: TFLiteModel) -> torch.Tensor:
     return torch.from_numpy(a[:, [1, 0, 3, 2]].astype(np.float32))  # (yc, xc, h, w) -> (xc, yc, w, h)
 
 
-def _grid(t: TFLiteTensor, activation: str | None = None) -> ActivationGrid | None:
+def _grid(t: TFLiteTensor) -> ActivationGrid | None:
     if not t.is_quantized or t.scale.size != 1 or t.dtype not in ("uint8", "int8"):
         return None
-    return ActivationGrid.from_tflite(float(t.scale[0]), int(t.zero_point[0]), dtype=t.dtype, activation=activation)
+    return ActivationGrid.from_tflite(float(t.scale[0]), int(t.zero_point[0]), dtype=t.dtype)
 
 
 def activation_grids(model: TFLiteModel, named: list[tuple[TFLiteOperator, str]], post: TFLiteOperator
@@ -97,16 +98,17 @@ def activation_grids(model: TFLiteModel, named: list[tuple[TFLiteOperator, str]]
     """The uint8 grid of every activation the interpreter quantizes, keyed as ``mobilenet.convert.fidelity`` reads.
 
     ``input``; each conv's output under our module name (backbone units, extras, box/class heads;
-    a fused ReLU6 narrows the grid); what the post-processing op reads: the concatenated box
-    encodings (``box_encodings``), the concatenated logits before the ``LOGISTIC`` (``class_logits``)
-    and the logistic's output (``class_scores``). The per-head ``RESHAPE`` ops keep their input's
-    grid; the ``CONCATENATION`` requantizes every head onto its own grid, hence two roundings.
+    a fused ReLU6 narrows the grid; with the accumulator scale it is requantized from); what the
+    post-processing op reads: the concatenated box encodings (``box_encodings``), the concatenated
+    logits before the ``LOGISTIC`` (``class_logits``) and the logistic's output (``class_scores``).
+    The per-head ``RESHAPE`` ops keep their input's grid; the ``CONCATENATION`` requantizes every
+    head onto its own grid, hence two roundings.
     Empty for a float file.
     """
+    producers = {o: op for op in model.operators for o in op.outputs}
     grids: dict[str, ActivationGrid | None] = {"input": _grid(model.inputs[0])}
     for op, name in named:
-        grids[name] = _grid(model.tensors[op.outputs[0]], op.options.get("fused_activation_function"))
-    producers = {o: op for op in model.operators for o in op.outputs}
+        grids[name] = conv_output_grid(model, op, producers)
     grids[SSD_OUTPUTS[0]] = _grid(model.tensors[post.inputs[0]])
     scores = producers.get(post.inputs[1])
     if scores is not None and scores.opcode == "LOGISTIC":
@@ -200,6 +202,11 @@ def import_detect_tflite(path: str | os.PathLike[str], labelmap: str | os.PathLi
         # the tensors' whole uint8 ranges (as the classifier importer records them, for `mobilenet quantize`)
         extra["activation_ranges"] = {k: [(0 - g.zero_point) * g.scale, (255 - g.zero_point) * g.scale]
                                       for k, g in grids.items() if k == "input" or k in modules}
+    producers = {o: op for op in tfl.operators for o in op.outputs}
+    weights = {f"{prefix}.conv.weight" if has_bn else f"{prefix}.weight": weight_grid(tfl, op.inputs[1], producers)
+               for op, (prefix, has_bn) in named}
+    if all(g is not None for g in weights.values()):  # the kernels' grids (box heads: per tensor, order-free)
+        extra["weight_quantization"] = weights
     model.weights_metadata = {  # type: ignore[attr-defined]
         "class_names": names,
         "extra": extra,
