@@ -5,7 +5,9 @@ IoU >= 0.9 and |score difference| <= 0.05 (``mobilenet.detection.parity.match_de
 ours in float, ours with the file's uint8 activation grids (``uint8_activations``, "fidelity"),
 and, as the peer, the interpreter's other kernel sets judged by the same rule: TF Lite agreeing
 with itself. Columns: the reference kernel set (``default`` = XNNPACK, what ``Interpreter()``
-runs; ``builtin`` = TF Lite's optimized kernels; ``reference`` = its reference kernels).
+runs; ``builtin`` = TF Lite's optimized kernels; ``reference`` = its reference kernels). A second
+table compares, before NMS, the post-processing op's uint8 inputs (box encodings, class scores):
+ours with fidelity vs each kernel set, value for value.
 
     python benchmarks/detect_tflite_parity.py [--kernels default builtin reference] [--json out.json]
 """
@@ -34,6 +36,7 @@ from mobilenet.detection.parity import (  # noqa: E402
     interpreter_detections,
     load_pixels,
     match_detections,
+    uint8_tensor_parity,
 )
 from mobilenet.detection.tflite_import import import_detect_tflite  # noqa: E402
 
@@ -81,15 +84,22 @@ def main() -> None:
                      "per_folder": {f: {"photos": len(photos[f]), "reference_detections": p.references,
                                         "matched": p.matched} for f, p in per_folder.items()},
                      "misses": [m for p in per_folder.values() for m in p.misses]})
+    # before NMS: do the post-processing op's uint8 inputs (box encodings, scores) equal the interpreter's?
+    tensors = {k: uint8_tensor_parity(model, path, [f for files in photos.values() for f in files], kernels=k)
+               for k in args.kernels}
     env = {"python": platform.python_version(), "torch": torch.__version__, "threads": 1,
            "cpu": platform.processor() or platform.machine(), "photos": sum(len(f) for f in photos.values())}
-    result = {"env": env, "rows": rows}
+    result = {"env": env, "rows": rows, "uint8_tensors": {f"tflite {k}": vars(t) for k, t in tensors.items()}}
     print(json.dumps(result, indent=1))
     print("\n| reference (TF Lite kernels) | candidate | TF Lite detections >= 0.5 | matched (label, IoU >= 0.9, "
           "score +-0.05) |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['reference']} | {r['candidate']} | {r['reference_detections']} "
               f"| {r['matched']} ({r['rate']:.1%}) |")
+    print("\n| reference (TF Lite kernels) | photos | ours fidelity: box encodings and scores equal bit for bit "
+          "| differing box values | differing score values |\n|---|---|---|---|---|")
+    for k, t in tensors.items():
+        print(f"| tflite {k} | {t.photos} | {t.equal_photos} | {t.box_values_differing} | {t.score_values_differing} |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 

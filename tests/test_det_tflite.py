@@ -86,3 +86,21 @@ def test_import_records_the_interpreters_uint8_grids(model, detect_path, tmp_pat
     path = save(model, tmp_path / "ssd.safetensors", class_names=model.weights_metadata["class_names"],
                 extra=model.weights_metadata["extra"])
     assert recorded_activation_grids(load(path)) == grids
+
+
+def test_fidelity_reproduces_the_interpreters_uint8_tensors(model, detect_path):
+    pytest.importorskip("ai_edge_litert.interpreter", reason="parity needs ai-edge-litert")
+    from mobilenet.detection.parity import uint8_tensor_parity
+
+    photos = _photos()[:2] + sorted(shared_file("detection", "kitti", "training", "image_2").iterdir())[:1]
+    result = uint8_tensor_parity(model, detect_path, photos)
+    # the post-processing op's inputs (1917 x 4 box encodings, 1917 x 91 scores) equal, value for value
+    assert (result.photos, result.equal_photos) == (3, 3), result
+
+
+@pytest.mark.slow
+def test_fidelity_parity_with_the_tflite_interpreter(model, detect_path):
+    pytest.importorskip("ai_edge_litert.interpreter", reason="parity needs ai-edge-litert")
+    parity = tflite_parity(model, detect_path, _photos(), fidelity=True)
+    assert parity.references >= 20, f"too few reference detections to judge parity ({parity.references})"
+    assert parity.rate == 1.0, (parity.matched, parity.references, parity.misses)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mobilenet.checkpoint import load, save
 from mobilenet.convert.fidelity import (
     ActivationGrid,
     add_activation_hooks,
+    can_run_exact,
+    logistic_table,
     recorded_activation_grids,
+    requantize_table,
     uint8_activations,
 )
 from mobilenet.detection.postprocess import PostprocessConfig
@@ -168,6 +173,109 @@ def test_score_grid_needs_sigmoid_scores():
         add_activation_hooks(_tiny_ssd("softmax"), {"class_scores": ActivationGrid(1 / 256, 0)})
 
 
+def test_requantize_accumulator_is_xnnpacks_float32_rint():
+    # accumulators 0..9 of scale 0.25 onto a grid of scale 0.5: multiplier 0.5 -> 0, 0.5, 1, 1.5, ...: ties to even
+    g = ActivationGrid(scale=0.5, zero_point=3, accumulator_scale=(0.25,))
+    y = torch.arange(10, dtype=torch.float64).reshape(1, 10, 1, 1) * 0.25
+    q = g.quantize(g.requantize_accumulator(y)).flatten().tolist()
+    assert q == [3, 3, 4, 5, 5, 5, 6, 7, 7, 7]  # 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, 3.5 -> 4, 4.5 -> 4 (+3)
+    per_channel = ActivationGrid(scale=1.0, zero_point=0, accumulator_scale=(1.0, 2.0))
+    y2 = torch.tensor([[[[3.0]], [[3.0]]]], dtype=torch.float64)  # acc 3 (x1) and 1.5 -> 2 (x2)
+    assert per_channel.requantize_accumulator(y2).flatten().tolist() == [3.0, 4.0]
+    with pytest.raises(ValueError, match="no accumulator_scale"):
+        RELU6_GRID.requantize_accumulator(y)
+
+
+def test_concat_and_logistic_tables():
+    src, dst = ActivationGrid(scale=0.02, zero_point=100), ActivationGrid(scale=0.05, zero_point=200)
+    table = requantize_table(src, dst)
+    assert table.shape == (256,)
+    q = torch.arange(256)
+    expected = (torch.round((q - 100) * 0.4).long() + 200).clamp(0, 255)  # q * 0.4 never ends in .5: no ties
+    assert torch.equal(dst.integers(table), expected)
+    assert torch.equal(src.integers(requantize_table(src, src)), q)  # the same grid: a copy
+    probs = logistic_table(ActivationGrid(scale=0.1, zero_point=128), ActivationGrid(scale=1 / 256, zero_point=0))
+    # sigmoid(0) = 128/256; sigmoid(-12.8) rounds to 0; sigmoid(12.7) rounds to 256/256, clamped to 255/256
+    assert probs[128] == 0.5 and probs[0] == 0.0 and probs[255] == 255 / 256
+    assert probs[138] == round(256 / (1 + np.exp(-1.0))) / 256
+    assert bool((probs.diff() >= 0).all())
+
+
+def _on_grid_classifier() -> tuple[MobileNetV1, dict[str, ActivationGrid]]:
+    """A tiny classifier whose weights sit on per-tensor grids, with the grids an importer would record."""
+    model = _tiny_classifier({})
+    units = ["stem"] + [f"blocks.{i}.{p}" for i in range(len(model.blocks)) for p in ("dw", "pw")]
+    weights, grids = {}, {"input": ActivationGrid(scale=1 / 128, zero_point=128)}
+    s_in = grids["input"].scale
+    with torch.no_grad():
+        for name in units:
+            unit = model.get_submodule(name)
+            unit.bn.running_var.fill_(1 - unit.bn.eps)  # BN as an import leaves it: the identity (bias 0 here)
+            unit.bn.running_mean.zero_(), unit.bn.weight.fill_(1), unit.bn.bias.zero_()
+            conv = unit.conv
+            # the stem's multiplier s_in * s_w / s_out is 1/64: accumulators ending in 32/64 are ties (half to even)
+            s_w = 2 * 6 / 255 if name == "stem" else float(conv.weight.abs().max()) / 127
+            conv.weight.copy_(torch.round(conv.weight / s_w) * s_w)
+            weights[f"{name}.conv.weight"] = {"scale": [s_w], "zero_point": [0], "quant_min": -127,
+                                              "quant_max": 127, "axis": 0}
+            grids[name] = ActivationGrid.from_tflite(6 / 255, 0, activation="RELU6", accumulator_scale=(s_in * s_w,))
+            s_in = grids[name].scale
+    model.weights_metadata = {"extra": {"activation_grids": {k: g.to_dict() for k, g in grids.items()},
+                                        "weight_quantization": weights}}
+    return model, grids
+
+
+def test_exact_mode_requantizes_the_integer_accumulator():
+    model, grids = _on_grid_classifier()
+    assert can_run_exact(model)
+    x = grids["input"].fake_quantize(torch.rand(1, 3, 32, 32) * 2 - 1)
+    seen = {}
+    spy = model.blocks[0].dw.register_forward_hook(lambda m, i, o: seen.__setitem__("stem", i[0]))
+    with torch.no_grad(), uint8_activations(model) as m:
+        logits = m(x)
+    spy.remove()
+    assert logits.dtype == torch.float32 and seen["stem"].dtype == torch.float64
+    # the stem by hand in integers: acc = sum (q_in - 128) * q_w over TF's SAME padding (0 top/left, 1 bottom/right)
+    q_in = grids["input"].integers(x).double() - 128
+    s_w = model.weights_metadata["extra"]["weight_quantization"]["stem.conv.weight"]["scale"][0]
+    q_w = torch.round(model.stem.conv.weight.detach().double() / s_w)
+    acc = F.conv2d(F.pad(q_in, (0, 1, 0, 1)), q_w, stride=2)
+    g = grids["stem"]
+    multiplier = np.float32(g.accumulator_scale[0] / g.scale)
+    expected = np.clip(np.rint(acc.numpy().astype(np.float32) * multiplier), 0, 255)
+    ours = g.integers(seen["stem"]).numpy()
+    assert ours.shape == expected.shape
+    mismatch = np.abs(ours - expected)
+    assert mismatch.max() == 0, f"{int((mismatch > 0).sum())} of {mismatch.size} stem values differ"
+    # rounding the float output instead (ties away from zero) misses the interpreter on those ties
+    with torch.no_grad(), uint8_activations(model, exact=False) as m:
+        spy = model.blocks[0].dw.register_forward_hook(lambda m, i, o: seen.__setitem__("stem", i[0]))
+        m(x)
+        spy.remove()
+    assert (g.integers(seen["stem"]).numpy() != expected).any()
+
+
+def test_exact_mode_restores_dtype_and_weights_even_under_inference_mode():
+    model, _ = _on_grid_classifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.inference_mode(), uint8_activations(model, exact=True):
+        model(torch.rand(1, 3, 32, 32))
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) and state[k].dtype == v.dtype for k, v in before.items())
+    assert not any(p.is_inference() for p in model.parameters())  # still trainable afterwards
+    model.train()
+    model(torch.rand(2, 3, 32, 32)).sum().backward()
+
+
+def test_exact_mode_needs_recorded_accumulators():
+    model = _tiny_classifier({"activation_grids": {"stem": RELU6_GRID.to_dict()}})
+    assert not can_run_exact(model)
+    with pytest.raises(ValueError, match="exact fidelity needs an accumulator scale"):
+        with uint8_activations(model, exact=True):
+            pass
+    assert not model.stem._forward_hooks and next(model.parameters()).dtype == torch.float32
+
+
 @pytest.mark.realdata
 def test_imported_tflite_classifier_records_its_exact_grids():
     from mobilenet.convert import import_model
@@ -182,3 +290,20 @@ def test_imported_tflite_classifier_records_its_exact_grids():
     with torch.no_grad(), uint8_activations(model):
         logits = model(x)
     assert _grid_values(logits, grids["classifier"])
+
+
+@pytest.mark.realdata
+def test_exact_fidelity_gives_the_interpreters_uint8_softmax():
+    pytest.importorskip("ai_edge_litert.interpreter", reason="the TF Lite reference needs ai-edge-litert")
+    from mobilenet.convert import import_model
+    from mobilenet.convert.parity import labelled_photos, photo_pixels, tflite_outputs, torch_logits
+    from mobilenet.preprocessing import Preprocessing
+
+    path = shared_file("weights", "tflite", "mobilenet_v1_0.25_128_quant.tflite")
+    model = import_model(path)
+    pre = Preprocessing.from_dict(model.weights_metadata["preprocessing"])
+    pixels = photo_pixels([p for p, _ in labelled_photos(shared_file("imagenet", "images"))[:8]], pre)
+    ref = tflite_outputs(path, pixels)  # (8, 1001) uint8 softmax, dequantized (steps of 1/256)
+    with uint8_activations(model) as exact:
+        probs = torch.softmax(torch.from_numpy(torch_logits(exact, pixels, pre)).double(), dim=1).numpy()
+    assert np.array_equal(np.round(probs * 256) / 256, ref)

@@ -131,6 +131,52 @@ def tflite_parity(
     return result
 
 
+@dataclass
+class TensorParity:
+    """How many photos gave the interpreter's exact uint8 post-processing inputs (box encodings, scores)."""
+
+    photos: int = 0
+    equal_photos: int = 0
+    box_values_differing: int = 0
+    score_values_differing: int = 0
+
+
+def uint8_tensor_parity(model: SSD, tflite_path: str | os.PathLike[str], images: Iterable[Path], *,
+                        kernels: str = "default", threads: int = 1) -> TensorParity:
+    """Ours under :func:`~mobilenet.convert.fidelity.uint8_activations` vs the interpreter, before NMS.
+
+    Compares the uint8 box encodings and class scores the ``TFLite_Detection_PostProcess`` op reads
+    (ours: the model's outputs as integers of the recorded ``box_encodings``/``class_scores`` grids).
+    """
+    from ..convert.fidelity import SCORES, SSD_OUTPUTS, recorded_activation_grids, uint8_activations
+    from ..convert.tflite_format import read_tflite
+    from .tflite_import import POSTPROCESS_OP, TF_TO_OURS_BOX
+
+    post = next(op for op in read_tflite(tflite_path).operators if op.custom_code == POSTPROCESS_OP)
+    grids = recorded_activation_grids(model)
+    box_grid, score_grid = grids[SSD_OUTPUTS[0]], grids[SCORES]
+    it = interpreter(tflite_path, kernels=kernels, threads=threads)
+    size = input_size(it)
+    result = TensorParity()
+    with uint8_activations(model):
+        for path in images:
+            pixels = load_pixels(path, size)
+            it.set_tensor(it.get_input_details()[0]["index"], pixels[None])
+            it.invoke()
+            ref_boxes, ref_scores = (torch.from_numpy(it.get_tensor(i)[0].astype(np.int64)) for i in post.inputs[:2])
+            x = (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()[None] - 128) / 128
+            with torch.inference_mode():
+                boxes, logits = model(x)
+            ours_boxes = box_grid.integers(boxes[0])[:, list(TF_TO_OURS_BOX)]  # back to TF's (ty, tx, th, tw)
+            ours_scores = score_grid.integers(torch.sigmoid(logits[0].double()))
+            nb, ns = int((ours_boxes != ref_boxes).sum()), int((ours_scores != ref_scores).sum())
+            result.photos += 1
+            result.equal_photos += int(nb == 0 and ns == 0)
+            result.box_values_differing += nb
+            result.score_values_differing += ns
+    return result
+
+
 def interpreter_parity(
     tflite_path: str | os.PathLike[str],
     images: Iterable[Path],
