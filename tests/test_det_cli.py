@@ -91,38 +91,46 @@ def test_convert_and_predict_with_the_tflite_detector(tmp_path, capsys):
     assert {"tv", "keyboard"} <= {d["label"] for d in dets}  # a monitor and keyboard on a desk
 
 
-@pytest.mark.slow  # one torch.onnx export
-def test_export_honours_the_models_nms_mode(tmp_path, capsys):
+@pytest.mark.slow  # one torch.onnx export of the 300x300 detector (~10 s)
+@pytest.mark.realdata
+def test_export_of_the_imported_coco_detector_matches_it_in_onnx_runtime(tmp_path, capsys):
+    """The TF Lite COCO SSD (class-agnostic NMS, sigmoid scores, 10 detections) exported with its own settings:
+    ONNX Runtime gives the same detections as SSD.detect on the real photos."""
     ort = pytest.importorskip("onnxruntime", reason="ONNX export needs onnxruntime")
     pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript")
+    import numpy as np
     import onnx
+    from PIL import Image
 
-    from mobilenet.checkpoint import save
-    from mobilenet.detection import SSD, SSDConfig
-    from mobilenet.detection.postprocess import PostprocessConfig
+    from mobilenet.cli.detect import load_detector
 
-    torch.manual_seed(0)
-    tf_like = PostprocessConfig(score_threshold=0.05, max_detections=5, score_fn="sigmoid", nms_mode="class_agnostic",
-                                clip_boxes=False)
-    model = SSD(SSDConfig(num_classes=3, width_mult=0.25, image_size=(64, 64), postprocess=tf_like)).eval()
-    weights = save(model, tmp_path / "ssd.safetensors", class_names=list(SHAPE_CLASSES))
-    out = tmp_path / "ssd.onnx"
-    assert main(["detect", "export", "--weights", str(weights), "--out", str(out), "--iou-threshold", "0.3"]) == 0
+    src = shared_file("weights", "tflite", "detect.tflite")
+    photos = sorted(shared_file("detection", "voc", "VOCdevkit").glob("*/JPEGImages/*.jpg"))
+    photos += sorted(shared_file("detection", "kitti", "training", "image_2").glob("*.png"))
+    out = tmp_path / "coco_ssd.onnx"
+    assert main(["detect", "export", "--weights", str(src), "--out", str(out)]) == 0
     assert "class-agnostic NMS, sigmoid scores" in capsys.readouterr().out
     meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["mobilenet"])
-    assert meta["nms"] == "class_agnostic" and meta["postprocess"]["iou_threshold"] == 0.3
-    assert meta["class_names"] == list(SHAPE_CLASSES)
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert meta["nms"] == "class_agnostic" and meta["postprocess"]["max_detections"] == 10
+    assert meta["class_names"][:3] == ["person", "bicycle", "car"]
+
+    model = load_detector(str(src))
+    mean, std = model.config.pixel_mean[0], model.config.pixel_std[0]
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB").resize((300, 300)), np.float32))
+                     .permute(2, 0, 1) for p in photos]).sub(mean).div(std)
     (dets,) = ort.InferenceSession(str(out)).run(None, {"input": x.numpy()})
-    ours = model.detect(x, PostprocessConfig(**{**tf_like.to_dict(), "iou_threshold": 0.3}))
-    assert len(dets) == sum(len(d.scores) for d in ours) > 0
+    ours = model.detect(x)
+    assert len(photos) == 14 and len(dets) == sum(len(d.scores) for d in ours) == 14 * 10
     for b, d in enumerate(ours):
         rows = dets[dets[:, 0] == b]
-        assert rows[:, 6].tolist() == d.labels.tolist()
-        assert rows[:, 5] == pytest.approx(d.scores.numpy(), abs=1e-4)
+        assert rows[:, 6].tolist() == d.labels.tolist()  # same classes in the same (score) order
+        np.testing.assert_allclose(rows[:, 5], d.scores.numpy(), atol=1e-4)
+        np.testing.assert_allclose(rows[:, 1:5], d.boxes.numpy(), atol=1e-4)
 
-    assert main(["detect", "export", "--weights", str(weights), "--out", str(out), "--no-nms", "--nms",
-                 "per-class"]) == 2
+
+def test_export_flags_that_contradict_exit_2(tmp_path, capsys):
+    assert main(["detect", "export", "--weights", str(tmp_path / "w.safetensors"), "--out", str(tmp_path / "x.onnx"),
+                 "--no-nms", "--nms", "per-class"]) == 2
     assert "--no-nms contradicts --nms per-class" in capsys.readouterr().err
 
 
