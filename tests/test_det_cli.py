@@ -164,5 +164,7 @@ def test_recipe_trains_one_step_on_the_shared_samples(tmp_path, capsys, name, da
     assert state["train"]["optimizer"] == "rmsprop_tf" and state["train"]["neg_pos_ratio"] == 3.0
     expected = {"ssd_voc": [300, 300], "ssd_kitti": [384, 1248]}[name]
     assert state["model"]["image_size"] == expected
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["epochs"] == 1 and resolved["width_mult"] == 0.25 and resolved["data"] == str(root)
     if name == "ssd_kitti":
         assert "map" in record  # val split evaluated with the KITTI metric

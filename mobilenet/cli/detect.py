@@ -5,6 +5,7 @@ Examples::
     mobilenet detect predict photo.jpg --weights detect.tflite --out out/        # TF Lite COCO SSD, imported
     mobilenet detect convert detect.tflite --out coco_ssd.safetensors
     mobilenet detect train --data VOCdevkit --format voc --weights coco_ssd.safetensors --epochs 50 --out runs/voc
+    mobilenet detect train --config configs/ssd_kitti.toml --data kitti/training --out runs/kitti   # a recipe
     mobilenet detect eval --weights runs/voc/best.safetensors --data VOCdevkit --format voc --split test
     mobilenet detect eval --predictions out/detections.json --data VOCdevkit --format voc --split test
     mobilenet detect export --weights runs/voc/best.safetensors --out ssd.onnx [--nms per-class|class-agnostic|none]
@@ -53,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     t = sub.add_parser("train", help="train or fine-tune an SSD",
                        description="Train or fine-tune an SSD. Settings: defaults, then a TOML recipe (--config, e.g. "
-                       "configs/ssd_voc.toml, whose keys are these flags' names), then the flags given.")
+                       "configs/ssd_voc.toml, whose keys are these flags' names; --loss is `classification`, "
+                       "--no-augment is `augment = false`), then the flags given. --print-config shows every value.")
     t.add_argument("--config", metavar="TOML", help="recipe file (configs/ssd_*.toml); flags override its keys")
     t.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
     _recipe_flag(t, "--data", help="dataset root: VOC folder (VOCdevkit or VOC2007), KITTI training/ folder, or "
@@ -87,7 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  "--weights is an imported .tflite, whose BN is folded)")
     _recipe_flag(t, "--metric", choices=("voc", "voc07", "kitti", "coco"), help="default: kitti for KITTI, else voc")
     _recipe_flag(t, "--eval-every", type=int, help="epochs between evaluations (0: only at the end)")
-    _recipe_flag(t, "--out", help="run folder (states, best/final weights, history.json); required")
+    _recipe_flag(t, "--out", help="run folder (states, best/final weights, history.json, config.json); required")
     _recipe_flag(t, "--resume", help="'auto' or a run/state folder")
     _recipe_flag(t, "--device")
     _recipe_flag(t, "--workers", type=int)
@@ -256,6 +258,8 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     out = Path(setup.out)
     (out / "history.json").write_text(json.dumps(r["history"], indent=1))
+    # the resolved settings (recipe + flags) beside the weights: what this run was
+    (out / "config.json").write_text(json.dumps({**setup.to_dict(), **cfg.to_dict()}, indent=2))
     print(f"final weights: {r['final']}" + (f"; best ({cfg.metric} mAP {r['best_map']:.4f}): {r['best']}"
                                             if r["best"] else ""))
     return 0
