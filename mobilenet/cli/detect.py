@@ -70,10 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _recipe_flag(t, "--weights", help="start from this detector (e.g. the converted COCO SSD); class heads are "
                  "replaced when the class count differs")
     _recipe_flag(t, "--backbone-weights", help="MobileNet v1 classification weights for the backbone")
-    _recipe_flag(t, "--width-mult", type=float)
+    _recipe_flag(t, "--width-mult", type=float, help="alpha of a new model (--weights keep theirs)")
     _recipe_flag(t, "--image-size", help="input size: N or HxW (e.g. 384x1248 for KITTI); default: the --weights' "
                  "size, else 300")
-    _recipe_flag(t, "--ssdlite", action="store_true", help="depthwise separable extras and predictors")
+    _recipe_flag(t, "--ssdlite", action="store_true", help="depthwise separable extras and predictors (new model)")
     _recipe_flag(t, "--epochs", type=int)
     _recipe_flag(t, "--batch-size", type=int)
     _recipe_flag(t, "--optimizer", choices=OPTIMIZER_CHOICES)

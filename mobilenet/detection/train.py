@@ -101,9 +101,9 @@ class DetSetup:
     val_fraction: float = 0.2  # KITTI: fraction held out by the seeded train/val split
     weights: str | None = None  # start from this detector (e.g. the converted COCO SSD)
     backbone_weights: str | None = None  # MobileNet v1 classification weights for the backbone
-    width_mult: float = 1.0
-    image_size: int | str | None = None  # N or "HxW"; None: the --weights' size, else 300
-    ssdlite: bool = False
+    width_mult: float = 1.0  # of a new model; weights keep theirs
+    image_size: int | str | None = None  # N or "HxW"; None: the weights' size, else 300
+    ssdlite: bool = False  # of a new model
     out: str | None = None  # run folder
     resume: str | None = None  # "auto" or a run/state folder
 
