@@ -170,6 +170,12 @@ def _field_types(name: str, cls: type = TrainConfig) -> tuple[type, ...]:
     return (t,)
 
 
+def _detection_fields() -> set[str]:
+    from .detection.train import DetSetup, DetTrainConfig  # lazily: detection imports this module
+
+    return {f.name for cls in (DetTrainConfig, DetSetup) for f in fields(cls)}
+
+
 def _coerce(d: dict[str, Any], source: str, cls: type = TrainConfig) -> dict[str, Any]:
     """Check keys and value types against the dataclass ``cls``, converting ints to floats where a float is
     expected."""
@@ -182,6 +188,8 @@ def _coerce(d: dict[str, Any], source: str, cls: type = TrainConfig) -> dict[str
 
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
+            if not close and cls is TrainConfig and key in _detection_fields():
+                hint = " (a detection option: is this a detection recipe? use `mobilenet detect train --config`)"
             raise ValueError(f"{source}: unknown training option {k!r}{hint}")
         types_ = _field_types(key, cls)
         if v is not None:
