@@ -70,7 +70,7 @@ def test_parity_with_the_tflite_interpreter(model, detect_path):
 
 def test_import_records_the_interpreters_uint8_grids(model, detect_path, tmp_path):
     from mobilenet.checkpoint import load, save
-    from mobilenet.convert.fidelity import ActivationGrid, recorded_activation_grids
+    from mobilenet.convert.fidelity import ActivationGrid, can_run_exact, recorded_activation_grids
 
     grids = recorded_activation_grids(model)
     modules = dict(model.named_modules())
@@ -85,7 +85,9 @@ def test_import_records_the_interpreters_uint8_grids(model, detect_path, tmp_pat
     assert grids["extras.0.reduce"].range[1] <= 6.0
     path = save(model, tmp_path / "ssd.safetensors", class_names=model.weights_metadata["class_names"],
                 extra=model.weights_metadata["extra"])
-    assert recorded_activation_grids(load(path)) == grids
+    loaded = load(path)
+    assert recorded_activation_grids(loaded) == grids
+    assert can_run_exact(loaded)  # accumulator scales and the kernels' grids travel with the file too
 
 
 def test_fidelity_reproduces_the_interpreters_uint8_tensors(model, detect_path):
