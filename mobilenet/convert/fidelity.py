@@ -23,16 +23,18 @@ multipliers instead and differ from XNNPACK by one step here and there.
 
 The importers record the grids in the weights' ``extra`` metadata, so they survive save/load:
 
-* ``activation_grids``: name -> ``{"scale", "zero_point", "quant_min", "quant_max"}``, exactly as
-  in the file (:class:`ActivationGrid`). Names are our module names (a forward hook rounds the
-  module's output: ``stem``, ``blocks.3.pw``, ``classifier``; ``backbone.blocks.0.dw``,
-  ``extras.1.conv``, ``box_heads.2``, ``cls_heads.5`` in the SSD) or one of the special points:
+* ``activation_grids``: name -> ``{"scale", "zero_point", "quant_min", "quant_max",
+  "accumulator_scale"}``, exactly as in the file (:class:`ActivationGrid`). Names are our module
+  names (a forward hook rounds the module's output: ``stem``, ``blocks.3.pw``, ``classifier``;
+  ``backbone.blocks.0.dw``, ``extras.1.conv``, ``box_heads.2``, ``cls_heads.5`` in the SSD) or one
+  of the special points:
 
   ========================  =====================================================================
   ``input``                 the model's input (a pre-hook on the model)
   ``pool``                  the classifier's input: TF Lite's ``AVERAGE_POOL_2D`` output
   ``box_encodings``         the SSD's concatenated box offsets (B, A, 4): TF Lite's ``concat``
-  ``class_logits``          the SSD's concatenated class logits (B, A, C+1): ``concat_1``
+  ``class_logits``          the SSD's concatenated class logits (B, A, C+1): ``concat_1``; a
+                            head's output is moved onto its concat's grid right in the head's hook
   ``class_scores``          the grid of the SSD's ``LOGISTIC`` output (scale 1/256); applied to the
                             logits as ``logit(rounded sigmoid)``, so the sigmoid in
                             post-processing gives the interpreter's scores
@@ -40,11 +42,13 @@ The importers record the grids in the weights' ``extra`` metadata, so they survi
 
 * ``activation_ranges`` (older imports, :func:`mobilenet.deploy.quantize.recorded_grids`): name ->
   [min, max]; a 256-level grid is derived from it (scale (max - min) / 255, zero point -min / scale).
+* ``weight_quantization`` (state-dict name -> kernel grid): exact mode snaps the weights onto it.
 
 Usage::
 
     with uint8_activations(model):
-        logits = model(x)          # every recorded activation rounded to its uint8 grid
+        logits = model(x)          # every recorded activation on its uint8 grid, as the interpreter computes
+    tflite_parity(ssd, "detect.tflite", photos, fidelity=True)   # mobilenet.detection.parity
 """
 
 from __future__ import annotations
