@@ -2,7 +2,8 @@
 
 For each detection the interpreter reports with score >= 0.5, look for ours with the same label,
 IoU >= 0.9 and |score difference| <= 0.05 (``mobilenet.detection.parity.match_detections``). Rows:
-ours in float, ours with the file's uint8 activation grids (``uint8_activations``, "fidelity"),
+ours in float, ours with the file's uint8 activation grids (``uint8_activations``, "fidelity",
+rounding as the reference kernel set does),
 and, as the peer, the interpreter's other kernel sets judged by the same rule: TF Lite agreeing
 with itself. Columns: the reference kernel set (``default`` = XNNPACK, what ``Interpreter()``
 runs; ``builtin`` = TF Lite's optimized kernels; ``reference`` = its reference kernels). A second
@@ -67,14 +68,16 @@ def main() -> None:
             dets = {f"tflite {k}": interpreter_detections(it, pixels) for k, it in its.items()}
             with torch.inference_mode():
                 dets["ours float"] = model.detect(x)[0]
-                with uint8_activations(model):
-                    dets["ours fidelity"] = model.detect(x)[0]
+            for k in args.kernels:  # fidelity: the requantization of the kernel set it is compared with
+                with uint8_activations(model, kernels=k), torch.inference_mode():
+                    dets[f"ours fidelity {k}"] = model.detect(x)[0]
             for ref in args.kernels:
                 for cand in candidates:
                     if cand == f"tflite {ref}":
                         continue
                     parity = results.setdefault((ref, cand), {}).setdefault(folder, Parity())
-                    match_detections(dets[f"tflite {ref}"], dets[cand], parity, file.name)
+                    ours = dets[f"ours fidelity {ref}"] if cand == "ours fidelity" else dets[cand]
+                    match_detections(dets[f"tflite {ref}"], ours, parity, file.name)
     rows = []
     for (ref, cand), per_folder in results.items():
         refs = sum(p.references for p in per_folder.values())

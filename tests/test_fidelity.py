@@ -186,6 +186,19 @@ def test_requantize_accumulator_is_xnnpacks_float32_rint():
         RELU6_GRID.requantize_accumulator(y)
 
 
+def test_each_kernel_set_breaks_ties_its_own_way():
+    # multiplier 1/4: accumulators -10, -6, 6, 10 are the ties -2.5, -1.5, 1.5, 2.5
+    g = ActivationGrid(scale=1.0, zero_point=100, accumulator_scale=(0.25,))
+    y = torch.tensor([-10.0, -6.0, 6.0, 10.0], dtype=torch.float64).reshape(1, 4, 1, 1) * 0.25
+    rounded = {k: (g.quantize(g.requantize_accumulator(y, k)).flatten() - 100).tolist()
+               for k in ("default", "builtin", "reference")}
+    assert rounded == {"default": [-2, -2, 2, 2],  # XNNPACK: float32 rint, ties to even
+                       "builtin": [-2, -1, 2, 3],  # optimized kernels: ties upwards
+                       "reference": [-3, -2, 2, 3]}  # gemmlowp: ties away from zero
+    with pytest.raises(ValueError, match="kernels must be one of default, builtin, reference, got 'xnnpack'"):
+        g.requantize_accumulator(y, "xnnpack")
+
+
 def test_concat_and_logistic_tables():
     src, dst = ActivationGrid(scale=0.02, zero_point=100), ActivationGrid(scale=0.05, zero_point=200)
     table = requantize_table(src, dst)

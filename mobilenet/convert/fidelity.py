@@ -18,8 +18,8 @@ requantization onto the concatenations' grids and the uint8 ``LOGISTIC`` use TF 
 tables. Measured with ``ai-edge-litert``: the detector's box encodings and scores (the inputs of
 its post-processing op) equal the interpreter's bit for bit, and the classifier's logits through
 a softmax rounded to 1/256 give the interpreter's uint8 probabilities on all 100 ImageNet photos.
-TF Lite's non-default kernel sets (``builtin``, ``reference``) requantize with fixed-point
-multipliers instead and differ from XNNPACK by one step here and there.
+TF Lite's other kernel sets (``builtin``, ``reference``) requantize with fixed-point multipliers
+and differ from XNNPACK by one step here and there; ``kernels=`` reproduces either, also bit for bit.
 
 The importers record the grids in the weights' ``extra`` metadata, so they survive save/load:
 
@@ -66,11 +66,43 @@ INPUT, POOL = "input", "pool"
 SSD_OUTPUTS = ("box_encodings", "class_logits")  # elements 0 and 1 of an SSD's (boxes, logits) output
 SCORES = "class_scores"
 _QUANT_MIN, _QUANT_MAX = 0, 255
+# The interpreter's kernel sets: "default" = the XNNPACK delegate, "builtin" = TF Lite's optimized
+# kernels, "reference" = its reference kernels; each requantizes in its own way.
+KERNELS = ("default", "builtin", "reference")
 
 
 def _round_half_away(x: torch.Tensor) -> torch.Tensor:
     """Round to nearest, ties away from zero: TF Lite's rounding (``std::round``, fixed-point requantize)."""
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def _quantize_multiplier(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TF Lite's ``QuantizeMultiplier``: real = q / 2^31 * 2^shift with q an int32 in [2^30, 2^31)."""
+    mantissa, shift = torch.frexp(real.double())
+    q = _round_half_away(mantissa * 2.0 ** 31).long()
+    carry = q == 2 ** 31
+    return torch.where(carry, q // 2, q), torch.where(carry, shift + 1, shift).long()
+
+
+def _fixed_point_multiply(acc: torch.Tensor, real: torch.Tensor, *, ties_up: bool) -> torch.Tensor:
+    """``MultiplyByQuantizedMultiplier`` on int64 ``acc``: TF Lite's own (non-XNNPACK) requantization.
+
+    A rounding doubling high multiply by q (in units of 2^-31), then a rounding right shift: two
+    roundings. The reference kernels (gemmlowp) break ties away from zero; the optimized builtin
+    kernels break them upwards (they differ on negative outputs, e.g. the SSD heads'). Measured
+    bit-exact against each.
+    """
+    q, shift = _quantize_multiplier(real)
+    ab = acc * (1 << shift.clamp(min=0)) * q
+    right = (-shift).clamp(min=0)
+    if ties_up:
+        high = (ab + (1 << 30)) >> 31
+        return (high + ((1 << right) >> 1)) >> right
+    nudge = torch.where(ab >= 0, torch.full_like(ab, 1 << 30), torch.full_like(ab, 1 - (1 << 30)))
+    high = torch.div(ab + nudge, 1 << 31, rounding_mode="trunc")
+    mask = (1 << right) - 1
+    threshold = (mask >> 1) + (high < 0).long()
+    return (high >> right) + ((high & mask) > threshold).long()
 
 
 @dataclass(frozen=True)
@@ -144,22 +176,31 @@ class ActivationGrid:
         """Round ``x`` to the nearest grid value (clamped to the grid's range); same shape and dtype."""
         return (self.quantize(x) - self.zero_point) * self.scale
 
-    def requantize_accumulator(self, y: torch.Tensor) -> torch.Tensor:
+    def requantize_accumulator(self, y: torch.Tensor, kernels: str = "default") -> torch.Tensor:
         """A conv output ``y`` (B, C, H, W), computed exactly (float64), rounded as the interpreter does.
 
         ``y / accumulator_scale`` recovers the int32 accumulator (exact in float64 when the weights
-        sit on their grid); the default interpreter (XNNPACK) then computes ``q = rint(float32(acc) *
-        float32(multiplier)) + zero_point`` (ties to even), multiplier = accumulator scale / output
-        scale, clamped to [quant_min, quant_max]. Measured bit-exact against its uint8 tensors.
+        sit on their grid); multiplier = accumulator scale / output scale. ``kernels="default"``
+        (XNNPACK, what ``Interpreter()`` runs): ``q = rint(float32(acc) * float32(multiplier))``,
+        ties to even; ``"builtin"``/``"reference"`` (TF Lite's own kernels): a fixed-point multiply
+        with two roundings (:func:`_fixed_point_multiply`). Then ``+ zero_point``, clamped to
+        [quant_min, quant_max]. Each measured bit-exact against that kernel set's uint8 tensors.
         """
         if not self.accumulator_scale:
             raise ValueError("this grid has no accumulator_scale: the exact requantization needs one")
-        acc_scale = torch.tensor(self.accumulator_scale, dtype=torch.float64)
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+        acc_scale = torch.tensor(self.accumulator_scale, dtype=torch.float64, device=y.device)
         view = (1, -1, 1, 1) if acc_scale.numel() > 1 else ()
         acc = torch.round(y.double() / acc_scale.reshape(view))
-        multiplier = (acc_scale / self.scale).float().reshape(view)
-        q = torch.round(acc.float() * multiplier).double() + self.zero_point  # float32 product, as XNNPACK
-        return ((q.clamp(self.quant_min, self.quant_max) - self.zero_point) * self.scale).to(y.dtype)
+        real = (acc_scale / self.scale).reshape(view)
+        if kernels == "default":
+            q = torch.round(acc.float() * real.float()).double()  # float32 product, as XNNPACK
+        else:  # TF Lite multiplies the two float32 scales in float32 before dividing in double
+            real = acc_scale.float().double().reshape(view) / self.scale
+            q = _fixed_point_multiply(acc.long(), real, ties_up=kernels == "builtin").double()
+        q = (q + self.zero_point).clamp(self.quant_min, self.quant_max)
+        return ((q - self.zero_point) * self.scale).to(y.dtype)
 
     def integers(self, x: torch.Tensor) -> torch.Tensor:
         """The integers ``q`` (int64) of values already on this grid."""
@@ -218,9 +259,10 @@ def _logits_of(p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (torch.log(p) - torch.log1p(-p)).to(dtype)
 
 
-def _unit_hook(grid: ActivationGrid, exact: bool, then: torch.Tensor | None) -> Any:
+def _unit_hook(grid: ActivationGrid, exact: str | None, then: torch.Tensor | None) -> Any:
+    """``exact``: the kernel set whose requantization to reproduce, or None to round the float output."""
     def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        out = grid.requantize_accumulator(output) if exact else grid.fake_quantize(output)
+        out = grid.requantize_accumulator(output, exact) if exact else grid.fake_quantize(output)
         if then is not None:  # a head feeding TF Lite's CONCATENATION: moved onto the concat's grid
             out = then.to(out.device)[grid.integers(out)].to(out.dtype)
         return out
@@ -286,13 +328,14 @@ def can_run_exact(model: nn.Module, grids: dict[str, ActivationGrid] | None = No
     return bool(units) and all(grids[n].accumulator_scale and _weight_name(modules, n) in weights for n in units)
 
 
-def add_activation_hooks(model: nn.Module, grids: dict[str, ActivationGrid] | None = None, *, exact: bool = False
-                         ) -> list[torch.utils.hooks.RemovableHandle]:
+def add_activation_hooks(model: nn.Module, grids: dict[str, ActivationGrid] | None = None, *, exact: bool = False,
+                         kernels: str = "default") -> list[torch.utils.hooks.RemovableHandle]:
     """Register the rounding hooks on ``model`` (default grids: the recorded ones); returns their handles.
 
     Prefer :func:`uint8_activations`, which removes them again (and prepares ``exact``: the model in
-    float64 with its weights on their grids). Raises ``ValueError`` naming a grid that matches no
-    module of the model, or a score grid on a model without sigmoid scores.
+    float64 with its weights on their grids; ``kernels``: whose requantization). Raises
+    ``ValueError`` naming a grid that matches no module of the model, or a score grid on a model
+    without sigmoid scores.
     """
     grids = recorded_activation_grids(model) if grids is None else grids
     modules = dict(model.named_modules())
@@ -315,8 +358,8 @@ def add_activation_hooks(model: nn.Module, grids: dict[str, ActivationGrid] | No
             # SSD heads feed TF Lite's concatenations, which requantize each head onto their own grid
             concat = boxes if name.startswith("box_heads.") else logits if name.startswith("cls_heads.") else None
             then = requantize_table(grid, concat) if concat is not None else None
-            handles.append(modules[name].register_forward_hook(_unit_hook(grid, exact and bool(grid.accumulator_scale),
-                                                                          then)))
+            rounding = kernels if exact and grid.accumulator_scale else None
+            handles.append(modules[name].register_forward_hook(_unit_hook(grid, rounding, then)))
         if boxes is not None or logits is not None or scores is not None:
             post = getattr(getattr(model, "config", None), "postprocess", None)
             if scores is not None and getattr(post, "score_fn", None) != "sigmoid":
@@ -343,18 +386,21 @@ def _snap_weights(model: nn.Module, names: list[str], weight_grids: dict[str, di
 
 @contextmanager
 def uint8_activations(model: nn.Module, grids: dict[str, ActivationGrid] | None = None, *,
-                      exact: bool | None = None) -> Iterator[nn.Module]:
+                      exact: bool | None = None, kernels: str = "default") -> Iterator[nn.Module]:
     """Within the block, ``model`` rounds every recorded activation to its uint8 grid (TF Lite fidelity).
 
     ``grids`` defaults to :func:`recorded_activation_grids` (``ValueError`` if the model has none).
     ``exact`` (default: whenever :func:`can_run_exact`): run in float64 with the weights on their
     recorded grids, so each conv's int32 accumulator is recovered exactly and requantized as the
-    interpreter does (:meth:`ActivationGrid.requantize_accumulator`); otherwise each float output
-    is rounded to its grid. Outputs keep the model's dtype. On exit (also after an exception) the
+    interpreter's ``kernels`` do (:meth:`ActivationGrid.requantize_accumulator`: ``"default"``
+    XNNPACK, or TF Lite's ``"builtin"``/``"reference"`` kernels); otherwise each float output is
+    rounded to its grid. Outputs keep the model's dtype. On exit (also after an exception) the
     hooks are removed and the model's dtype and weights restored.
     """
     from ..deploy.quantize import recorded_grids
 
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
     grids = recorded_activation_grids(model) if grids is None else grids
     possible = can_run_exact(model, grids)
     if exact and not possible:
@@ -375,7 +421,7 @@ def uint8_activations(model: nn.Module, grids: dict[str, ActivationGrid] | None 
             _snap_weights(model, [_weight_name(modules, n) for n in grids if not _special(n)],
                           recorded_grids(model)[1])
     try:
-        handles = add_activation_hooks(model, grids, exact=exact)
+        handles = add_activation_hooks(model, grids, exact=exact, kernels=kernels)
         if exact:
             handles.append(model.register_forward_hook(_cast_output_hook(dtype)))
     except BaseException:

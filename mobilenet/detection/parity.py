@@ -7,7 +7,8 @@ and a score within ``score_tol``. Used by ``tests/test_det_tflite.py`` and
 The interpreter has three kernel sets for the same uint8 graph (``kernels``): ``"default"`` (the
 XNNPACK delegate, what ``Interpreter(model_path)`` runs), ``"builtin"`` (TF Lite's optimized kernels,
 no delegate) and ``"reference"`` (its reference kernels). They round intermediate activations
-differently, so their detections differ among themselves too (see ``interpreter_parity``).
+differently, so their detections differ among themselves too (see ``interpreter_parity``); with
+``fidelity=True`` ours reproduces the rounding of the kernel set it is compared with.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..convert.fidelity import KERNELS
 from .boxes import box_iou
 from .postprocess import Detections
 from .ssd import SSD
-
-KERNELS = ("default", "builtin", "reference")
 
 
 @dataclass
@@ -112,14 +112,15 @@ def tflite_parity(
 
     ``fidelity=True`` runs ``model`` on the file's uint8 activation grids
     (:func:`mobilenet.convert.fidelity.uint8_activations`), as the interpreter computes;
-    ``kernels``: which of the interpreter's kernel sets is the reference (see the module doc).
+    ``kernels``: which of the interpreter's kernel sets is the reference (see the module doc), and
+    whose requantization the fidelity run reproduces.
     """
     from ..convert.fidelity import uint8_activations
 
     it = interpreter(tflite_path, kernels=kernels, threads=threads)
     size = input_size(it)
     result = Parity()
-    with uint8_activations(model) if fidelity else nullcontext():
+    with uint8_activations(model, kernels=kernels) if fidelity else nullcontext():
         for path in images:
             pixels = load_pixels(path, size)
             ref = interpreter_detections(it, pixels)
@@ -158,7 +159,7 @@ def uint8_tensor_parity(model: SSD, tflite_path: str | os.PathLike[str], images:
     it = interpreter(tflite_path, kernels=kernels, threads=threads)
     size = input_size(it)
     result = TensorParity()
-    with uint8_activations(model):
+    with uint8_activations(model, kernels=kernels):
         for path in images:
             pixels = load_pixels(path, size)
             it.set_tensor(it.get_input_details()[0]["index"], pixels[None])
