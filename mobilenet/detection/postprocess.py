@@ -77,14 +77,15 @@ def postprocess(
         if cfg.nms_mode == "class_agnostic":
             best, labels = scores.max(dim=1)  # (A,)
             keep = (best > cfg.score_threshold).nonzero().squeeze(1)
-            keep = keep[best[keep].topk(min(cfg.pre_nms_top_k, keep.numel())).indices]
+            # stable: equal (uint8) scores keep anchor order, as TF Lite's post-processing op (std::stable_sort)
+            keep = keep[best[keep].argsort(descending=True, stable=True)[: cfg.pre_nms_top_k]]
             kept = keep[nms(boxes[keep], best[keep], cfg.iou_threshold)][: cfg.max_detections]
             results.append(Detections(boxes[kept], best[kept], labels[kept]))
             continue
         anchor_idx, cls_idx = (scores > cfg.score_threshold).nonzero(as_tuple=True)
         cand_scores = scores[anchor_idx, cls_idx]
         # top-k per class: rank candidates within their class by score
-        order = cand_scores.argsort(descending=True)
+        order = cand_scores.argsort(descending=True, stable=True)  # ties: lower anchor first
         anchor_idx, cls_idx, cand_scores = anchor_idx[order], cls_idx[order], cand_scores[order]
         counts = torch.zeros_like(cls_idx)
         if cls_idx.numel():
