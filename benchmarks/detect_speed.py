@@ -1,9 +1,12 @@
 """Detector latency at batch 1: our SSD (PyTorch eager, ONNX Runtime) beside TF Lite's detect.tflite.
 
 Rows: the imported COCO SSD (alpha 0.75, 300x300) in PyTorch eager fp32 (network only, and with
-post-processing), the same exported to ONNX (with NMS) in ONNX Runtime, the TF Lite interpreter
-running the original uint8 detect.tflite (the peer), and on CUDA (when present) PyTorch eager fp32.
-Warm-up, then the median of ``--runs`` timed calls; threads and device are printed.
+post-processing), the same exported to ONNX (with NMS) in ONNX Runtime, float and with int8 convs
+(calibrated on the first ``--calib`` shared ImageNet photos), the TF Lite interpreter running the
+original uint8 detect.tflite (the peer), and on CUDA (when present) PyTorch eager fp32.
+Warm-up, then the median of ``--runs`` timed calls; threads and device are printed. Accuracy beside
+speed: how many of the interpreter's detections (score >= 0.5) each ONNX model also finds (same
+label, IoU >= 0.5) on the held-out photos.
 
     python benchmarks/detect_speed.py [--threads 2] [--runs 50] [--json out.json]
 """
@@ -44,10 +47,43 @@ def median_ms(fn, runs: int, warmup: int = 5, sync=lambda: None) -> float:
     return statistics.median(times)
 
 
+def _input(path: Path) -> torch.Tensor:
+    """The detector's input for a photo, as the TF Lite file takes it: bilinear 300x300, (x - 128) / 128."""
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(path).convert("RGB").resize((300, 300), Image.BILINEAR), dtype=np.float32)
+    return (torch.from_numpy(pixels.copy()).permute(2, 0, 1) - 128) / 128
+
+
+def _agreement(sess, interpreter, photos: list[Path], min_score: float = 0.5, min_iou: float = 0.5) -> dict:
+    """How many of the interpreter's detections (score >= 0.5) ``sess`` also finds (same label, IoU >= 0.5)."""
+    from mobilenet.detection.boxes import box_iou
+
+    inp, outs = interpreter.get_input_details()[0], interpreter.get_output_details()
+    found = total = 0
+    for path in photos:
+        x = _input(path)
+        interpreter.set_tensor(inp["index"], np.round(x.permute(1, 2, 0).numpy() * 128 + 128).astype(np.uint8)[None])
+        interpreter.invoke()
+        boxes, classes, scores, count = (interpreter.get_tensor(d["index"])[0] for d in outs)
+        ours = sess.run(None, {"input": x[None].numpy()})[0]  # (N, 7): batch, x1, y1, x2, y2, score, class
+        ours = ours[ours[:, 5] >= min_score - 0.1]  # a reference at 0.5 may score a little lower in ours
+        for i in range(int(count)):
+            if scores[i] < min_score:
+                continue
+            total += 1
+            ref = torch.tensor(boxes[i][[1, 0, 3, 2]])[None]  # TF: ymin, xmin, ymax, xmax
+            iou = box_iou(ref, torch.from_numpy(ours[:, 1:5]))[0] * torch.from_numpy(ours[:, 6] == classes[i])
+            found += bool(iou.numel() and iou.max() >= min_iou)
+    return {"photos": len(photos), "tflite_detections": total, "found": found,
+            "rate": round(found / total, 4) if total else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--calib", type=int, default=32, help="ImageNet photos that calibrate int8 (the rest: agreement)")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -65,36 +101,47 @@ def main() -> None:
         add("ssd_mobilenet_v1 0.75 (network)", "pytorch eager fp32", "cpu", median_ms(lambda: model(x), args.runs))
         add("ssd_mobilenet_v1 0.75 (+postprocess)", "pytorch eager fp32", "cpu",
             median_ms(lambda: model.detect(x), args.runs))
-    try:
-        import onnxruntime as ort
-
-        from mobilenet.detection.export import export_detector_onnx
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = export_detector_onnx(model, Path(tmp) / "ssd.onnx", nms=True)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = args.threads
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            xn = x.numpy()
-            add("ssd_mobilenet_v1 0.75 (+NMS)", "onnxruntime fp32", "cpu",
-                median_ms(lambda: sess.run(None, {"input": xn}), args.runs))
-    except ImportError as e:
-        print(f"skipping ONNX Runtime: {e}", file=sys.stderr)
+    interpreter = None
     try:
         from ai_edge_litert.interpreter import Interpreter
 
-        it = Interpreter(model_path=str(src), num_threads=args.threads)
-        it.allocate_tensors()
-        inp = it.get_input_details()[0]
+        interpreter = Interpreter(model_path=str(src), num_threads=args.threads)
+        interpreter.allocate_tensors()
+        inp = interpreter.get_input_details()[0]
         img = np.random.randint(0, 255, (1, 300, 300, 3), dtype=np.uint8)
 
         def tfl():
-            it.set_tensor(inp["index"], img)
-            it.invoke()
+            interpreter.set_tensor(inp["index"], img)
+            interpreter.invoke()
 
         add("detect.tflite (peer, +NMS)", "tflite uint8 (XNNPACK)", "cpu", median_ms(tfl, args.runs))
     except ImportError as e:
         print(f"skipping TF Lite: {e}", file=sys.stderr)
+    agreement = {}
+    try:
+        import onnxruntime as ort
+
+        from mobilenet.detection.export import export_detector_int8, export_detector_onnx
+
+        photos = sorted(p for p in (DATA / "imagenet" / "images").iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
+        calib, held_out = photos[:args.calib], photos[args.calib:]
+        with tempfile.TemporaryDirectory() as tmp:
+            sessions = {}
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = args.threads
+            for kind, path in (
+                    ("fp32", export_detector_onnx(model, Path(tmp) / "ssd.onnx", nms=True)),
+                    ("int8 convs", export_detector_int8(model, Path(tmp) / "ssd_int8.onnx",
+                                                        torch.stack([_input(p) for p in calib]), nms=True))):
+                sess = sessions[kind] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                xn = x.numpy()
+                add("ssd_mobilenet_v1 0.75 (+NMS)", f"onnxruntime {kind}", "cpu",
+                    median_ms(lambda sess=sess, xn=xn: sess.run(None, {"input": xn}), args.runs))
+            if interpreter is not None:
+                for kind, sess in sessions.items():
+                    agreement[f"onnxruntime {kind}"] = _agreement(sess, interpreter, held_out)
+    except ImportError as e:
+        print(f"skipping ONNX Runtime: {e}", file=sys.stderr)
     if torch.cuda.is_available():
         m, xc = model.cuda(), x.cuda()
         with torch.inference_mode():
@@ -104,10 +151,15 @@ def main() -> None:
                 median_ms(lambda: m.detect(xc), args.runs, sync=torch.cuda.synchronize))
     env = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
            "runs": args.runs}
-    print(json.dumps({"env": env, "rows": rows}, indent=1))
+    print(json.dumps({"env": env, "rows": rows, "agreement_with_tflite": agreement}, indent=1))
     print("\n| model | runtime | device | batch | median ms |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['runtime']} | {r['device']} | {r['batch']} | {r['median_ms']} |")
+    if agreement:
+        print("\n| candidate | held-out photos | TF Lite detections >= 0.5 | found (label, IoU >= 0.5) |")
+        print("|---|---|---|---|")
+        for kind, a in agreement.items():
+            print(f"| {kind} | {a['photos']} | {a['tflite_detections']} | {a['found']} ({a['rate']:.1%}) |")
     if args.json:
         Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=1))
 

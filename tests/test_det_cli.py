@@ -75,6 +75,8 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "VOC folder not found" in err
     assert main(["detect", "predict", str(tmp_path / "missing.jpg"), "--weights", "w.safetensors"]) == 2
     assert "image not found" in capsys.readouterr().err
+    assert main(["detect", "export", "--weights", "w.safetensors", "--out", str(tmp_path / "m.onnx"), "--int8"]) == 2
+    assert "--int8 needs --calib" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["detect"])  # a subcommand is required
 
@@ -168,3 +170,38 @@ def test_recipe_trains_one_step_on_the_shared_samples(tmp_path, capsys, name, da
     assert resolved["epochs"] == 1 and resolved["width_mult"] == 0.25 and resolved["data"] == str(root)
     if name == "ssd_kitti":
         assert "map" in record  # val split evaluated with the KITTI metric
+
+
+@pytest.mark.slow  # a torch.onnx export and an int8 calibration of the 300x300 detector (~20 s)
+@pytest.mark.realdata
+def test_int8_export_of_the_imported_coco_detector_keeps_its_detections(tmp_path, capsys):
+    """`detect export --int8`: int8 convs calibrated on 16 ImageNet photos; on the 14 VOC/KITTI photos the int8
+    graph finds the float detector's confident detections (same class, IoU >= 0.5)."""
+    ort = pytest.importorskip("onnxruntime.quantization") and pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript")
+    from PIL import Image
+
+    from mobilenet.cli.detect import load_detector
+    from mobilenet.detection.boxes import box_iou
+    from mobilenet.detection.predict import model_input
+
+    src = shared_file("weights", "tflite", "detect.tflite")
+    calib = sorted(shared_file("imagenet", "images").iterdir())[:16]
+    photos = sorted(shared_file("detection", "voc", "VOCdevkit").glob("*/JPEGImages/*.jpg"))
+    photos += sorted(shared_file("detection", "kitti", "training", "image_2").glob("*.png"))
+    out = tmp_path / "int8.onnx"
+    assert main(["detect", "export", "--weights", str(src), "--out", str(out), "--int8", "--calib",
+                 *map(str, calib)]) == 0
+    assert "int8 convs" in capsys.readouterr().out
+    model = load_detector(str(src))
+    x = torch.stack([model_input(Image.open(p), model) for p in photos])
+    (dets,) = ort.InferenceSession(str(out)).run(None, {"input": x.numpy()})
+    found = total = 0
+    for b, d in enumerate(model.detect(x)):
+        rows = torch.from_numpy(dets[dets[:, 0] == b])
+        for box, score, label in zip(d.boxes, d.scores, d.labels, strict=True):
+            if score >= 0.5:
+                total += 1
+                iou = box_iou(box[None], rows[:, 1:5])[0] * (rows[:, 6] == label)
+                found += bool(iou.numel() and iou.max() >= 0.5)
+    assert total >= 20 and found / total >= 0.85, (found, total)  # measured 35 of 37

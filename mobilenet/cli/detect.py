@@ -133,6 +133,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-class NMS (SSD), class-agnostic (TF Lite: each anchor keeps its best class), none (end "
                    "at boxes and scores); default: the model's mode")
     x.add_argument("--no-nms", action="store_true", help="same as --nms none")
+    x.add_argument("--int8", action="store_true", help="ONNX Runtime int8 (QDQ) convs, calibrated on --calib images; "
+                   "decoding and NMS stay float")
+    x.add_argument("--calib", metavar="IMAGE|DIR", nargs="+", help="calibration images for --int8")
+    x.add_argument("--calib-count", type=int, default=64, help="at most this many calibration images (default 64)")
     x.add_argument("--score-threshold", type=float)
     x.add_argument("--iou-threshold", type=float)
     x.add_argument("--pre-nms-top-k", type=int, help="candidates kept before NMS (per class in per-class mode)")
@@ -328,21 +332,46 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..detection.export import export_detector_onnx
+    from ..detection.export import export_detector_int8, export_detector_onnx
     from ..detection.predict import class_names_of
 
     if args.no_nms and args.nms not in ("model", "none"):
         raise ValueError(f"--no-nms contradicts --nms {args.nms}")
+    if bool(args.int8) != bool(args.calib):
+        raise ValueError("--int8 needs --calib IMAGE|DIR (calibration images), and --calib is only for --int8")
     nms = not args.no_nms and args.nms != "none"
     model = load_detector(args.weights)
     mode = None if args.nms in ("model", "none") else args.nms.replace("-", "_")
-    path = export_detector_onnx(model, args.out, nms=nms, nms_mode=mode, score_threshold=args.score_threshold,
-                                iou_threshold=args.iou_threshold, pre_nms_top_k=args.pre_nms_top_k,
-                                max_detections=args.max_detections, class_names=class_names_of(model))
+    options = dict(nms=nms, nms_mode=mode, score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
+                   pre_nms_top_k=args.pre_nms_top_k, max_detections=args.max_detections,
+                   class_names=class_names_of(model))
+    if args.int8:
+        path = export_detector_int8(model, args.out, _calibration(model, args.calib, args.calib_count), **options)
+    else:
+        path = export_detector_onnx(model, args.out, **options)
     pp = model.config.postprocess
     how = (f"{(mode or pp.nms_mode).replace('_', '-')} NMS" if nms else "without NMS") + f", {pp.score_fn} scores"
-    print(f"wrote {path} ({how})")
+    print(f"wrote {path} ({how}{', int8 convs' if args.int8 else ''})")
     return 0
+
+
+def _calibration(model: Any, inputs: list[str], count: int) -> Any:
+    """(N, 3, H, W) model inputs from the first ``count`` images under ``inputs``."""
+    import torch
+    from PIL import Image
+
+    from ..detection.predict import list_images, model_input
+
+    paths = list_images(inputs)[:count]
+    if not paths:
+        raise ValueError(f"no images for calibration in {' '.join(inputs)}")
+    inputs_ = []
+    for p in paths:
+        try:
+            inputs_.append(model_input(Image.open(p), model))
+        except OSError as e:
+            raise ValueError(f"{p}: not a readable image ({e})") from None
+    return torch.stack(inputs_)
 
 
 def run(args: argparse.Namespace) -> int:

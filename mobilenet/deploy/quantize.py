@@ -646,6 +646,7 @@ def quantize_onnx(
     per_channel: bool = True,
     activation_ranges: dict[str, tuple[float, float]] | None = None,
     weight_grids: dict[str, dict[str, Any]] | None = None,
+    op_types: list[str] | None = None,
 ) -> Path:
     """ONNX Runtime static int8 quantization (QDQ format) of a float ONNX file from :func:`export_onnx`.
 
@@ -654,6 +655,7 @@ def quantize_onnx(
     ``activation_ranges``/``weight_grids`` (from :func:`recorded_grids`): the grids of a
     quantization-aware trained source, given to ONNX Runtime as tensor overrides in place of the
     calibrated ranges and the per-channel weight grid (see :func:`onnx_overrides`).
+    ``op_types``: quantize only these ONNX op types (default: every op ONNX Runtime can quantize).
     """
     try:
         import onnx
@@ -682,7 +684,7 @@ def quantize_onnx(
         q = Path(tmp) / "q.onnx"
         overrides = onnx_overrides(onnx.load(str(pre)), activation_ranges or {}, weight_grids or {})
         quantize_static(str(pre), str(q), _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
                         extra_options={"TensorQuantOverrides": overrides} if overrides else None)
         model = onnx.load(str(q))
     del model.metadata_props[:]
