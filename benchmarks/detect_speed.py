@@ -47,36 +47,23 @@ def median_ms(fn, runs: int, warmup: int = 5, sync=lambda: None) -> float:
     return statistics.median(times)
 
 
-def _input(path: Path) -> torch.Tensor:
-    """The detector's input for a photo, as the TF Lite file takes it: bilinear 300x300, (x - 128) / 128."""
-    from PIL import Image
-
-    pixels = np.asarray(Image.open(path).convert("RGB").resize((300, 300), Image.BILINEAR), dtype=np.float32)
-    return (torch.from_numpy(pixels.copy()).permute(2, 0, 1) - 128) / 128
-
-
-def _agreement(sess, interpreter, photos: list[Path], min_score: float = 0.5, min_iou: float = 0.5) -> dict:
+def _agreement(sess, interpreter, photos: list[Path]) -> dict:
     """How many of the interpreter's detections (score >= 0.5) ``sess`` also finds (same label, IoU >= 0.5)."""
-    from mobilenet.detection.boxes import box_iou
+    from mobilenet.detection.export import onnx_detections
+    from mobilenet.detection.parity import Parity, file_input, interpreter_detections, load_pixels, match_detections
+    from mobilenet.detection.postprocess import Detections
 
-    inp, outs = interpreter.get_input_details()[0], interpreter.get_output_details()
-    found = total = 0
+    result = Parity()
     for path in photos:
-        x = _input(path)
-        interpreter.set_tensor(inp["index"], np.round(x.permute(1, 2, 0).numpy() * 128 + 128).astype(np.uint8)[None])
-        interpreter.invoke()
-        boxes, classes, scores, count = (interpreter.get_tensor(d["index"])[0] for d in outs)
-        ours = sess.run(None, {"input": x[None].numpy()})[0]  # (N, 7): batch, x1, y1, x2, y2, score, class
-        ours = ours[ours[:, 5] >= min_score - 0.1]  # a reference at 0.5 may score a little lower in ours
-        for i in range(int(count)):
-            if scores[i] < min_score:
-                continue
-            total += 1
-            ref = torch.tensor(boxes[i][[1, 0, 3, 2]])[None]  # TF: ymin, xmin, ymax, xmax
-            iou = box_iou(ref, torch.from_numpy(ours[:, 1:5]))[0] * torch.from_numpy(ours[:, 6] == classes[i])
-            found += bool(iou.numel() and iou.max() >= min_iou)
-    return {"photos": len(photos), "tflite_detections": total, "found": found,
-            "rate": round(found / total, 4) if total else None}
+        pixels = load_pixels(path, (300, 300))
+        (ours,) = onnx_detections(sess.run(None, {"input": file_input(pixels).numpy()})[0], 1)
+        keep = ours.scores >= 0.4  # a reference at 0.5 may score a little lower in ours
+        ours = Detections(ours.boxes[keep], ours.scores[keep], ours.labels[keep])
+        # any score: this counts detections found, not score agreement
+        match_detections(interpreter_detections(interpreter, pixels), ours, result, path.name, min_iou=0.5,
+                         score_tol=1.0)
+    return {"photos": len(photos), "tflite_detections": result.references, "found": result.matched,
+            "rate": round(result.rate, 4) if result.rate is not None else None}
 
 
 def main() -> None:
@@ -92,6 +79,7 @@ def main() -> None:
         sys.exit(f"needs {src} (set MOBILENET_DATA)")
     model = import_detect_tflite(src).eval()
     x = torch.randn(1, 3, 300, 300)
+    xn = x.numpy()
     rows = []
 
     def add(name, runtime, device, ms):
@@ -122,6 +110,7 @@ def main() -> None:
         import onnxruntime as ort
 
         from mobilenet.detection.export import export_detector_int8, export_detector_onnx
+        from mobilenet.detection.parity import file_input, load_pixels
 
         photos = sorted(p for p in (DATA / "imagenet" / "images").iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
         calib, held_out = photos[:args.calib], photos[args.calib:]
@@ -131,10 +120,10 @@ def main() -> None:
             opts.intra_op_num_threads = args.threads
             for kind, path in (
                     ("fp32", export_detector_onnx(model, Path(tmp) / "ssd.onnx", nms=True)),
-                    ("int8 convs", export_detector_int8(model, Path(tmp) / "ssd_int8.onnx",
-                                                        torch.stack([_input(p) for p in calib]), nms=True))):
+                    ("int8 convs", export_detector_int8(
+                        model, Path(tmp) / "ssd_int8.onnx",
+                        torch.cat([file_input(load_pixels(p, (300, 300))) for p in calib]), nms=True))):
                 sess = sessions[kind] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-                xn = x.numpy()
                 add("ssd_mobilenet_v1 0.75 (+NMS)", f"onnxruntime {kind}", "cpu",
                     median_ms(lambda sess=sess, xn=xn: sess.run(None, {"input": xn}), args.runs))
             if interpreter is not None:
@@ -151,7 +140,8 @@ def main() -> None:
                 median_ms(lambda: m.detect(xc), args.runs, sync=torch.cuda.synchronize))
     env = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
            "runs": args.runs}
-    print(json.dumps({"env": env, "rows": rows, "agreement_with_tflite": agreement}, indent=1))
+    result = {"env": env, "rows": rows, "agreement_with_tflite": agreement}
+    print(json.dumps(result, indent=1))
     print("\n| model | runtime | device | batch | median ms |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['runtime']} | {r['device']} | {r['batch']} | {r['median_ms']} |")
@@ -161,7 +151,7 @@ def main() -> None:
         for kind, a in agreement.items():
             print(f"| {kind} | {a['photos']} | {a['tflite_detections']} | {a['found']} ({a['rate']:.1%}) |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from mobilenet.convert.fidelity import uint8_activations  # noqa: E402
 from mobilenet.detection.parity import (  # noqa: E402
     KERNELS,
     Parity,
+    file_input,
     input_size,
     interpreter,
     interpreter_detections,
@@ -64,7 +65,7 @@ def main() -> None:
     for folder, files in photos.items():
         for file in tqdm(files, desc=folder):
             pixels = load_pixels(file, size)
-            x = (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()[None] - 128) / 128  # the file's uint8 input
+            x = file_input(pixels)
             dets = {f"tflite {k}": interpreter_detections(it, pixels) for k, it in its.items()}
             with torch.inference_mode():
                 dets["ours float"] = model.detect(x)[0]

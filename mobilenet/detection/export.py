@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import atomic_write
-from .postprocess import PostprocessConfig
+from .postprocess import Detections, PostprocessConfig
 from .ssd import SSD
 
 INPUT_NAME = "input"
@@ -290,3 +290,10 @@ def export_detector_int8(
     with tempfile.TemporaryDirectory() as tmp:
         float_path = export_detector_onnx(model, Path(tmp) / "float.onnx", **export_options)
         return quantize_onnx(float_path, path, calibration, op_types=["Conv"])
+
+
+def onnx_detections(rows: Any, batch_size: int) -> list[Detections]:
+    """The ``detections (N, 7)`` output of an exported graph (numpy) as one ``Detections`` per image."""
+    rows = torch.as_tensor(rows)
+    per_image = [rows[rows[:, 0] == b] for b in range(batch_size)]
+    return [Detections(boxes=r[:, 1:5], scores=r[:, 5], labels=r[:, 6].long()) for r in per_image]

@@ -66,6 +66,11 @@ def load_pixels(path: str | os.PathLike[str], size: tuple[int, int]) -> np.ndarr
     return np.asarray(Image.open(path).convert("RGB").resize((width, height), Image.BILINEAR))
 
 
+def file_input(pixels: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 pixels -> (1, 3, H, W) float, as the imported model takes the file's uint8 input."""
+    return (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()[None] - 128) / 128
+
+
 def interpreter_detections(it: Any, pixels: np.ndarray) -> Detections:
     """Run the interpreter on (H, W, 3) uint8 pixels: its detections as our ``Detections`` (xyxy, normalised)."""
     it.set_tensor(it.get_input_details()[0]["index"], pixels[None])
@@ -124,9 +129,8 @@ def tflite_parity(
         for path in images:
             pixels = load_pixels(path, size)
             ref = interpreter_detections(it, pixels)
-            x = (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()[None] - 128) / 128  # the file's uint8 input
             with torch.inference_mode():
-                ours = model.detect(x)[0]
+                ours = model.detect(file_input(pixels))[0]
             match_detections(ref, ours, result, Path(path).name, min_score=min_score, min_iou=min_iou,
                              score_tol=score_tol)
     return result
@@ -165,9 +169,8 @@ def uint8_tensor_parity(model: SSD, tflite_path: str | os.PathLike[str], images:
             it.set_tensor(it.get_input_details()[0]["index"], pixels[None])
             it.invoke()
             ref_boxes, ref_scores = (torch.from_numpy(it.get_tensor(i)[0].astype(np.int64)) for i in post.inputs[:2])
-            x = (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()[None] - 128) / 128
             with torch.inference_mode():
-                boxes, logits = model(x)
+                boxes, logits = model(file_input(pixels))
             ours_boxes = box_grid.integers(boxes[0])[:, list(TF_TO_OURS_BOX)]  # back to TF's (ty, tx, th, tw)
             ours_scores = score_grid.integers(torch.sigmoid(logits[0].double()))
             nb, ns = int((ours_boxes != ref_boxes).sum()), int((ours_scores != ref_scores).sum())
