@@ -1,8 +1,9 @@
 """Detector latency at batch 1: our SSD (PyTorch eager, ONNX Runtime) beside TF Lite's detect.tflite.
 
 Rows: the imported COCO SSD (alpha 0.75, 300x300) in PyTorch eager fp32 (network only, and with
-post-processing), the same exported to ONNX (with NMS) in ONNX Runtime, float and with int8 convs
-(calibrated on the first ``--calib`` shared ImageNet photos), the TF Lite interpreter running the
+post-processing), the same exported to ONNX (with NMS) in ONNX Runtime, float, with int8 convs
+(calibrated on the first ``--calib`` shared ImageNet photos) and with every quantizable op in int8
+(decoding included: the reason ``detect export --int8`` keeps to the convs), the TF Lite interpreter running the
 original uint8 detect.tflite (the peer), and on CUDA (when present) PyTorch eager fp32.
 Warm-up, then the median of ``--runs`` timed calls; threads and device are printed. Accuracy beside
 speed: how many of the interpreter's detections (score >= 0.5) each ONNX model also finds (same
@@ -118,11 +119,13 @@ def main() -> None:
             sessions = {}
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = args.threads
+            calibration = torch.cat([file_input(load_pixels(p, (300, 300))) for p in calib])
             for kind, path in (
                     ("fp32", export_detector_onnx(model, Path(tmp) / "ssd.onnx", nms=True)),
-                    ("int8 convs", export_detector_int8(
-                        model, Path(tmp) / "ssd_int8.onnx",
-                        torch.cat([file_input(load_pixels(p, (300, 300))) for p in calib]), nms=True))):
+                    ("int8 convs", export_detector_int8(model, Path(tmp) / "ssd_int8.onnx", calibration, nms=True)),
+                    # every op ONNX Runtime quantizes, decoding included: why the export keeps to the convs
+                    ("int8 all ops", export_detector_int8(model, Path(tmp) / "ssd_int8_all.onnx", calibration,
+                                                          op_types=None, nms=True))):
                 sess = sessions[kind] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
                 add("ssd_mobilenet_v1 0.75 (+NMS)", f"onnxruntime {kind}", "cpu",
                     median_ms(lambda sess=sess, xn=xn: sess.run(None, {"input": xn}), args.runs))

@@ -275,21 +275,24 @@ def export_detector_int8(
     model: SSD,
     path: str | os.PathLike[str],
     calibration: torch.Tensor,
+    *,
+    op_types: tuple[str, ...] | None = ("Conv",),
     **export_options: Any,
 ) -> Path:
     """ONNX Runtime int8 (QDQ) detector: :func:`export_detector_onnx`, then static quantization of its convs.
 
     ``calibration`` is ``(N, 3, H, W)`` model inputs (normalised as :func:`mobilenet.detection.predict.model_input`
-    makes them); activation ranges are their min/max. Only the convolutions (backbone, extras, heads) are
-    quantized: box decoding, scores and NMS stay float, because quantizing them too drops most detections
-    (measured on the imported COCO SSD: 21 of 134 float detections kept, against 125 with convs only).
-    ``export_options`` are :func:`export_detector_onnx`'s keyword arguments.
+    makes them); activation ranges are their min/max. By default only the convolutions (backbone, extras,
+    heads) are quantized: box decoding, scores and NMS stay float, because quantizing them too
+    (``op_types=None``: every op ONNX Runtime can quantize) drops most detections (benchmarks/detect_speed.py
+    measures both on the imported COCO SSD). ``export_options`` are :func:`export_detector_onnx`'s keyword
+    arguments.
     """
     from ..deploy.quantize import quantize_onnx  # lazily: torch.ao and onnxruntime are heavy
 
     with tempfile.TemporaryDirectory() as tmp:
         float_path = export_detector_onnx(model, Path(tmp) / "float.onnx", **export_options)
-        return quantize_onnx(float_path, path, calibration, op_types=["Conv"])
+        return quantize_onnx(float_path, path, calibration, op_types=list(op_types) if op_types else None)
 
 
 def onnx_detections(rows: Any, batch_size: int) -> list[Detections]:
