@@ -63,7 +63,8 @@ def test_fused_block_matches_pytorch(case):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, c, h, w, generator=g).to(DEVICE).contiguous(memory_format=torch.channels_last)
     w_dw, b_dw = torch.randn(c, 1, 3, 3, generator=g).to(DEVICE), torch.randn(c, generator=g).to(DEVICE)
-    w_pw, b_pw = (torch.randn(cout, c, 1, 1, generator=g) / c**0.5).to(DEVICE), torch.randn(cout, generator=g).to(DEVICE)
+    w_pw = (torch.randn(cout, c, 1, 1, generator=g) / c**0.5).to(DEVICE)
+    b_pw = torch.randn(cout, generator=g).to(DEVICE)
     out = dwpw(x, w_dw, b_dw, w_pw, b_pw, stride=stride, pads=pads, relu6=relu6)
     ref = _reference_block(x, w_dw, b_dw, w_pw, b_pw, stride, pads, relu6)
     assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
@@ -168,9 +169,8 @@ def test_triton_depthwise_training_step_matches(preset):
         F.cross_entropy(model(x.to(DEVICE).contiguous(memory_format=torch.channels_last)), y.to(DEVICE)).backward()
     F.cross_entropy(ref64(x.double()), y).backward()
     for (name, exact), p, q in zip(ref64.named_parameters(), ref.parameters(), ours.parameters(), strict=True):
-        def error(t):
-            return ((t.grad.cpu().double() - exact.grad).norm() / exact.grad.norm()).item()
-        assert error(q) <= max(2 * error(p), 1e-5), name
+        err_ref, err_ours = ((t.grad.cpu().double() - exact.grad).norm() / exact.grad.norm() for t in (p, q))
+        assert err_ours <= max(2 * err_ref, 1e-5), name
     for exact, b in zip(ref64.buffers(), ours.buffers(), strict=True):  # BN running statistics updated alike
         assert torch.allclose(b.cpu().double(), exact.double(), atol=1e-5, rtol=1e-4)
 
