@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from mobilenet.detection.datasets import read_kitti, read_voc  # noqa: E402
 from mobilenet.detection.evaluate import evaluate_detector  # noqa: E402
-from mobilenet.detection.tflite_import import import_detect_tflite  # noqa: E402
 from mobilenet.detection.train import adopt_classes, resolve_recipe, set_input_size, train_detector  # noqa: E402
+from mobilenet.tflite.ssd import import_detect_tflite  # noqa: E402
 
 DATA = Path(os.environ.get("MOBILENET_DATA", REPO.parent / "shared" / "data"))
 

@@ -30,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mobilenet.detection.tflite_import import import_detect_tflite  # noqa: E402
+from mobilenet.tflite.ssd import import_detect_tflite  # noqa: E402
 
 DATA = Path(os.environ.get("MOBILENET_DATA", REPO.parent / "shared" / "data"))
 
@@ -51,8 +51,8 @@ def median_ms(fn, runs: int, warmup: int = 5, sync=lambda: None) -> float:
 def _agreement(sess, interpreter, photos: list[Path]) -> dict:
     """How many of the interpreter's detections (score >= 0.5) ``sess`` also finds (same label, IoU >= 0.5)."""
     from mobilenet.detection.export import onnx_detections
-    from mobilenet.detection.parity import Parity, file_input, interpreter_detections, load_pixels, match_detections
     from mobilenet.detection.postprocess import Detections
+    from mobilenet.tflite.parity import Parity, file_input, interpreter_detections, load_pixels, match_detections
 
     result = Parity()
     for path in photos:
@@ -111,7 +111,7 @@ def main() -> None:
         import onnxruntime as ort
 
         from mobilenet.detection.export import export_detector_int8, export_detector_onnx
-        from mobilenet.detection.parity import file_input, load_pixels
+        from mobilenet.tflite.parity import file_input, load_pixels
 
         photos = sorted(p for p in (DATA / "imagenet" / "images").iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
         calib, held_out = photos[:args.calib], photos[args.calib:]

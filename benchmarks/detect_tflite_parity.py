@@ -1,7 +1,7 @@
 """Imported COCO SSD vs the TF Lite interpreter on every real photo under ../shared/data.
 
 For each detection the interpreter reports with score >= 0.5, look for ours with the same label,
-IoU >= 0.9 and |score difference| <= 0.05 (``mobilenet.detection.parity.match_detections``). Rows:
+IoU >= 0.9 and |score difference| <= 0.05 (``mobilenet.tflite.parity.match_detections``). Rows:
 ours in float, ours with the file's uint8 activation grids (``uint8_activations``, "fidelity",
 rounding as the reference kernel set does),
 and, as the peer, the interpreter's other kernel sets judged by the same rule: TF Lite agreeing
@@ -28,8 +28,8 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mobilenet.convert.fidelity import uint8_activations  # noqa: E402
-from mobilenet.detection.parity import (  # noqa: E402
+from mobilenet.tflite.fidelity import uint8_activations  # noqa: E402
+from mobilenet.tflite.parity import (  # noqa: E402
     KERNELS,
     Parity,
     file_input,
@@ -40,7 +40,7 @@ from mobilenet.detection.parity import (  # noqa: E402
     match_detections,
     uint8_tensor_parity,
 )
-from mobilenet.detection.tflite_import import import_detect_tflite  # noqa: E402
+from mobilenet.tflite.ssd import import_detect_tflite  # noqa: E402
 
 DATA = Path(os.environ.get("MOBILENET_DATA", REPO.parent / "shared" / "data"))
 FOLDERS = {"imagenet": "imagenet/images", "voc": "detection/voc/VOCdevkit", "kitti": "detection/kitti/training/image_2"}

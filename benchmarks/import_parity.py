@@ -28,9 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mobilenet.convert import import_model  # noqa: E402
-from mobilenet.convert.fidelity import uint8_activations  # noqa: E402
-from mobilenet.convert.parity import compare, keras_outputs, labelled_photos, photo_pixels, tflite_outputs, torch_logits  # noqa: E402
+from mobilenet.convert.parity import compare, keras_outputs, labelled_photos, photo_pixels, torch_logits  # noqa: E402
 from mobilenet.preprocessing import Preprocessing  # noqa: E402
+from mobilenet.tflite.fidelity import uint8_activations  # noqa: E402
+from mobilenet.tflite.parity import tflite_outputs  # noqa: E402
 
 
 def tflite_rows(path: Path, photos: list) -> dict:

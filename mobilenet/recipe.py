@@ -1,23 +1,20 @@
 """Training configuration as typed data: defaults -> TOML recipe -> command-line flags.
 
 ``TrainConfig`` is a frozen dataclass; every field is one flag (``lr`` -> ``--lr``,
-``channels_last`` -> ``--channels-last/--no-channels-last``) and one TOML key. A recipe may group
-keys under tables (``[optim]``, ``[data]`` ...): table names are for the reader only and are
-flattened, so ``[optim] lr = 0.1`` and a top-level ``lr = 0.1`` mean the same. The resolved config
-is written into the run folder and into every checkpoint, so a run can be reproduced from it alone.
+``channels_last`` -> ``--channels-last/--no-channels-last``) and one TOML key, read and checked by
+:mod:`mobilenet.config` (TOML tables only group keys). The resolved config is written into the run
+folder and into every checkpoint, so a run can be reproduced from it alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import types
-import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from .config import add_flags, coerce, flatten_tables, given, read_toml
 from .optim import OPTIMIZERS, SCHEDULES
 
 AUGMENTS = ("imagenet", "cifar", "none")
@@ -126,7 +123,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> TrainConfig:
-        return cls(**_coerce(_flatten(d, source), source))
+        return cls(**_coerce(flatten_tables(d, source), source))
 
     def replace(self, **changes: Any) -> TrainConfig:
         return replace(self, **_coerce(changes, "overrides"))
@@ -144,77 +141,16 @@ class TrainConfig:
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 
-def _flatten(d: dict[str, Any], source: str) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):  # a TOML table: its name only groups keys
-            for k2, v2 in _flatten(v, source).items():
-                if k2 in flat:
-                    raise ValueError(f"{source}: key {k2!r} is set twice")
-                flat[k2] = v2
-        else:
-            if k in flat:
-                raise ValueError(f"{source}: key {k!r} is set twice")
-            flat[k] = v
-    return flat
+def _detection_hint(key: str) -> str | None:
+    from .detection.train import DetSetup, DetTrainConfig
+
+    if key in {f.name for cls in (DetTrainConfig, DetSetup) for f in fields(cls)}:
+        return "a detection option: is this a detection recipe? use `mobilenet detect train --config`"
+    return None
 
 
-def _field_types(name: str, cls: type = TrainConfig) -> tuple[type, ...]:
-    hints = typing.get_type_hints(cls)
-    t = hints[name]
-    origin = typing.get_origin(t)
-    if origin is Literal:
-        return (str,)
-    if origin in (typing.Union, types.UnionType):
-        return tuple(a for a in typing.get_args(t) if a is not type(None))
-    return (t,)
-
-
-def _detection_fields() -> set[str]:
-    from .detection.train import DetSetup, DetTrainConfig  # lazily: detection imports this module
-
-    return {f.name for cls in (DetTrainConfig, DetSetup) for f in fields(cls)}
-
-
-def _coerce(d: dict[str, Any], source: str, cls: type = TrainConfig) -> dict[str, Any]:
-    """Check keys and value types against the dataclass ``cls``, converting ints to floats where a float is
-    expected."""
-    known = FIELDS if cls is TrainConfig else {f.name: f for f in fields(cls)}
-    out = {}
-    for k, v in d.items():
-        key = k.replace("-", "_")
-        if key not in known:
-            import difflib
-
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            if not close and cls is TrainConfig and key in _detection_fields():
-                hint = " (a detection option: is this a detection recipe? use `mobilenet detect train --config`)"
-            raise ValueError(f"{source}: unknown training option {k!r}{hint}")
-        types_ = _field_types(key, cls)
-        if v is not None:
-            if float in types_ and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            elif not isinstance(v, types_) or (isinstance(v, bool) and bool not in types_):
-                names = "/".join(t.__name__ for t in types_)
-                raise ValueError(f"{source}: {k} must be {names}, got {v!r}")
-        out[key] = v
-    return out
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML recipe with clear errors for a missing or malformed file."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe not found: {path}")
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path} is not valid TOML: {e}") from None
+def _coerce(d: dict[str, Any], source: str) -> dict[str, Any]:
+    return coerce(d, source, TrainConfig, hint=_detection_hint)
 
 
 def apply_model_name(d: dict[str, Any]) -> dict[str, Any]:
@@ -232,7 +168,7 @@ def resolve(recipe: str | Path | None = None, overrides: dict[str, Any] | None =
     """Defaults, then the recipe file's keys, then ``overrides`` (e.g. from flags): later wins."""
     merged: dict[str, Any] = {}
     if recipe is not None:
-        merged.update(_coerce(_flatten(read_toml(recipe), str(recipe)), str(recipe)))
+        merged.update(_coerce(flatten_tables(read_toml(recipe), str(recipe)), str(recipe)))
     if overrides:
         over = _coerce(overrides, "overrides")
         if "model" in over:  # a model named on the command line beats the recipe's width/resolution
@@ -244,24 +180,12 @@ def resolve(recipe: str | Path | None = None, overrides: dict[str, Any] | None =
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, default SUPPRESS so only flags actually given override the recipe."""
-    group = parser.add_argument_group("training options (also settable in a TOML recipe)")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f"{f.metadata.get('help', '')} (default: {f.default})"
-        types_ = _field_types(f.name)
-        choices = list(typing.get_args(hints[f.name])) if typing.get_origin(hints[f.name]) is Literal else None
-        if types_ == (bool,):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
-        else:
-            conv = types_[0] if types_[0] in (int, float) else str
-            group.add_argument(flag, type=conv, choices=choices, default=argparse.SUPPRESS, help=help_,
-                               metavar=None if choices else f.name.upper())
+    add_flags(parser.add_argument_group("training options (also settable in a TOML recipe)"), TrainConfig)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields present in ``args`` (flags the user actually gave)."""
-    return {k: v for k, v in vars(args).items() if k in FIELDS}
+    return given(args, TrainConfig)
 
 
 assert all(f.default is not MISSING for f in fields(TrainConfig))  # every field has a default

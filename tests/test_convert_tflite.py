@@ -9,10 +9,11 @@ import torch
 from mobilenet.checkpoint import load
 from mobilenet.convert import convert, import_model
 from mobilenet.convert.imported import ConvUnit, Imported, assemble, build_model
-from mobilenet.convert.parity import compare, labelled_photos, photo_pixels, tflite_outputs, torch_logits
-from mobilenet.convert.tflite_format import read_tflite
+from mobilenet.convert.parity import compare, labelled_photos, photo_pixels, torch_logits
 from mobilenet.model import LAYERS, MobileNetV1
 from mobilenet.preprocessing import Preprocessing
+from mobilenet.tflite.format import read_tflite
+from mobilenet.tflite.parity import tflite_outputs
 from tests.conftest import shared_file
 from tests.convert_writers import fold_bn, randomize_bn, write_tflite
 

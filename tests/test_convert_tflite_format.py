@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mobilenet.convert.flexbuffers import FlexBufferError, decode_flexbuffer
-from mobilenet.convert.tflite_format import TFLiteFormatError, parse_tflite, read_tflite
+from mobilenet.tflite.flexbuffers import FlexBufferError, decode_flexbuffer
+from mobilenet.tflite.format import TFLiteFormatError, parse_tflite, read_tflite
 from tests.conftest import shared_file
 
 

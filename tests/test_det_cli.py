@@ -184,8 +184,8 @@ def test_int8_export_of_the_imported_coco_detector_keeps_its_detections(tmp_path
 
     from mobilenet.cli.detect import load_detector
     from mobilenet.detection.export import onnx_detections
-    from mobilenet.detection.parity import Parity, match_detections
     from mobilenet.detection.predict import model_input
+    from mobilenet.tflite.parity import Parity, match_detections
 
     src = shared_file("weights", "tflite", "detect.tflite")
     calib = sorted(shared_file("imagenet", "images").iterdir())[:16]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mobilenet.convert.tflite_format import read_tflite
 from mobilenet.detection.anchors import generate_anchors
-from mobilenet.detection.parity import tflite_parity
-from mobilenet.detection.tflite_import import file_anchors, import_detect_tflite, read_labelmap
+from mobilenet.tflite.format import read_tflite
+from mobilenet.tflite.parity import tflite_parity
+from mobilenet.tflite.ssd import file_anchors, import_detect_tflite, read_labelmap
 from tests.conftest import shared_file
 
 pytestmark = pytest.mark.realdata
@@ -70,7 +70,8 @@ def test_parity_with_the_tflite_interpreter(model, detect_path):
 
 def test_import_records_the_interpreters_uint8_grids(model, detect_path, tmp_path):
     from mobilenet.checkpoint import load, save
-    from mobilenet.convert.fidelity import ActivationGrid, can_run_exact, recorded_activation_grids
+    from mobilenet.tflite.fidelity import can_run_exact, recorded_activation_grids
+    from mobilenet.tflite.grid import ActivationGrid
 
     grids = recorded_activation_grids(model)
     modules = dict(model.named_modules())
@@ -92,7 +93,7 @@ def test_import_records_the_interpreters_uint8_grids(model, detect_path, tmp_pat
 
 def test_fidelity_reproduces_the_interpreters_uint8_tensors(model, detect_path):
     pytest.importorskip("ai_edge_litert.interpreter", reason="parity needs ai-edge-litert")
-    from mobilenet.detection.parity import uint8_tensor_parity
+    from mobilenet.tflite.parity import uint8_tensor_parity
 
     photos = _photos()[:2] + sorted(shared_file("detection", "kitti", "training", "image_2").iterdir())[:1]
     result = uint8_tensor_parity(model, detect_path, photos)

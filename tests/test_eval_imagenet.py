@@ -195,7 +195,8 @@ def _interpreter_top1(tflite: Path, photos: Path, weights: Path) -> float:
         import ai_edge_litert  # noqa: F401
     except ImportError:
         return INTERPRETER_TOP1
-    from mobilenet.convert.parity import compare, labelled_photos, photo_pixels, tflite_outputs
+    from mobilenet.convert.parity import compare, labelled_photos, photo_pixels
+    from mobilenet.tflite.parity import tflite_outputs
 
     pairs = labelled_photos(photos)
     pre = Preprocessing.from_dict(mobilenet.load(weights).weights_metadata["preprocessing"])  # the TF crop

@@ -1,4 +1,4 @@
-"""TF Lite fidelity: rounding activations to recorded uint8 grids (mobilenet.convert.fidelity)."""
+"""TF Lite fidelity: rounding activations to recorded uint8 grids (mobilenet.tflite.fidelity)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilenet.checkpoint import load, save
-from mobilenet.convert.fidelity import (
-    ActivationGrid,
-    add_activation_hooks,
-    can_run_exact,
-    logistic_table,
-    recorded_activation_grids,
-    requantize_table,
-    uint8_activations,
-)
 from mobilenet.detection.postprocess import PostprocessConfig
 from mobilenet.detection.ssd import SSD, SSDConfig
 from mobilenet.model import MobileNetV1
+from mobilenet.tflite.fidelity import add_activation_hooks, can_run_exact, recorded_activation_grids, uint8_activations
+from mobilenet.tflite.grid import ActivationGrid, logistic_table, requantize_table
 from tests.conftest import shared_file
 
 RELU6_GRID = ActivationGrid(scale=6 / 255, zero_point=0)
@@ -309,8 +302,9 @@ def test_imported_tflite_classifier_records_its_exact_grids():
 def test_exact_fidelity_gives_the_interpreters_uint8_softmax():
     pytest.importorskip("ai_edge_litert.interpreter", reason="the TF Lite reference needs ai-edge-litert")
     from mobilenet.convert import import_model
-    from mobilenet.convert.parity import labelled_photos, photo_pixels, tflite_outputs, torch_logits
+    from mobilenet.convert.parity import labelled_photos, photo_pixels, torch_logits
     from mobilenet.preprocessing import Preprocessing
+    from mobilenet.tflite.parity import tflite_outputs
 
     path = shared_file("weights", "tflite", "mobilenet_v1_0.25_128_quant.tflite")
     model = import_model(path)

@@ -176,7 +176,7 @@ def load_detector(weights: str, map_location: Any = "cpu") -> Any:
     from ..checkpoint import load
 
     if str(weights).lower().endswith(".tflite"):
-        from ..detection.tflite_import import import_detect_tflite
+        from ..tflite.ssd import import_detect_tflite
 
         return import_detect_tflite(weights).to(map_location)
     model = load(weights, map_location=map_location)
@@ -322,7 +322,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from ..checkpoint import save
-    from ..detection.tflite_import import import_detect_tflite
+    from ..tflite.ssd import import_detect_tflite
 
     model = import_detect_tflite(args.src, args.labelmap)
     meta = model.weights_metadata

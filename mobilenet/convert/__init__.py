@@ -53,7 +53,7 @@ def _import(src: str | os.PathLike[str], fmt: str, *, resolution: int | None, pr
 
         return import_keras(src, resolution=resolution)
     if fmt == "tflite":
-        from .tflite import import_tflite
+        from ..tflite.classifier import import_tflite
 
         return import_tflite(src)
     if fmt == "slim":
@@ -140,7 +140,7 @@ def convert(
         raise ValueError(f"refusing to overwrite the source {src}; choose another --out")
     fmt = detect_format(src) if format == "auto" else format
     if fmt == "tflite":
-        from ..detection.tflite_import import import_detect_tflite, is_detection_tflite
+        from ..tflite.ssd import import_detect_tflite, is_detection_tflite
 
         if is_detection_tflite(src):  # TF Object Detection API SSD: a detector, not a classifier
             det = import_detect_tflite(src)

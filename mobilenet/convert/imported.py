@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_state_strict
+from ..imagenet_classes import imagenet_class_names, imagenet_wnids
 from ..model import LAYERS, STEM_CHANNELS, MobileNetConfig, MobileNetV1, block_specs
 from ..preprocessing import Preprocessing
-from .imagenet_classes import imagenet_class_names, imagenet_wnids
 
 NUM_UNITS = 1 + 2 * len(LAYERS)  # stem + (dw, pw) per block
 

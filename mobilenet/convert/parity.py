@@ -1,8 +1,9 @@
-"""Compare an imported model with its source framework on real photos (used by tests and benchmarks).
+"""Compare an imported classifier with its source framework on real photos (used by tests and benchmarks).
 
-The reference runtimes are optional: ``ai-edge-litert`` for ``.tflite`` files, ``keras`` for Keras
-files. Photos are named ``<wnid>_<anything>.JPEG`` (the shared ImageNet sample), so the label of
-each photo is its WordNet id; 1001-way TF outputs are mapped to the 1000 classes by dropping index 0.
+The reference runtimes are optional: ``keras`` for Keras files (:func:`keras_outputs`), ``ai-edge-litert``
+for ``.tflite`` files (:func:`mobilenet.tflite.parity.tflite_outputs`). Photos are named
+``<wnid>_<anything>.JPEG`` (the shared ImageNet sample), so the label of each photo is its WordNet id;
+1001-way TF outputs are mapped to the 1000 classes by dropping index 0.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..imagenet_classes import imagenet_wnids
 from ..preprocessing import Preprocessing
-from .imagenet_classes import imagenet_wnids
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
@@ -91,28 +92,6 @@ def keras_outputs(path: str | os.PathLike[str], model: torch.nn.Module, x: torch
         keras.config.set_floatx(floatx)
         keras.config.set_dtype_policy(policy)
         keras_backend.result_type = result_type
-
-
-def tflite_outputs(path: str | os.PathLike[str], pixels: np.ndarray) -> np.ndarray:
-    """The TF Lite interpreter's (dequantized) outputs for uint8 NHWC pixels, one image at a time."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        raise ImportError("the TF Lite reference needs ai-edge-litert: pip install ai-edge-litert") from None
-    it = Interpreter(model_path=str(path))
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    scale, zero = out["quantization"]
-    results = []
-    for px in pixels:
-        x = px[None]
-        if inp["dtype"] != np.uint8:  # float model: feed [-1, 1] like TF's preprocessing
-            x = (x.astype(np.float32) - 127.5) / 127.5
-        it.set_tensor(inp["index"], x.astype(inp["dtype"]))
-        it.invoke()
-        y = it.get_tensor(out["index"])[0]
-        results.append((y.astype(np.float32) - zero) * scale if scale else y.astype(np.float32))
-    return np.stack(results)
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def load_labelled(
         if num_classes not in (1000, 1001):
             raise ValueError(f"{path} is a flat folder: labels can only come from ImageNet WordNet ids in file "
                              f"names, but the model has {num_classes} classes (use a <class>/<image> folder)")
-        from ..convert.imagenet_classes import imagenet_wnids
+        from ..imagenet_classes import imagenet_wnids
 
         index = {w: i for i, w in enumerate(imagenet_wnids(background=num_classes == 1001))}
         images, names = load_images(path, preprocessing, limit=limit, progress=progress)

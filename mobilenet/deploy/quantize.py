@@ -206,7 +206,7 @@ def recorded_grids(model: nn.Module) -> tuple[dict[str, tuple[float, float]], di
     """(activation ranges, weight grids) an importer recorded in ``model.weights_metadata["extra"]``.
 
     A quantization-aware trained import (e.g. a uint8 ``.tflite``, see
-    :func:`mobilenet.convert.tflite.quantization_grids`) carries the ranges its activations were
+    :func:`mobilenet.tflite.classifier.quantization_grids`) carries the ranges its activations were
     trained in (``activation_ranges``: ``input``, ``stem``, ``blocks.{i}.dw|pw``, ``classifier`` ->
     [min, max]) and the grids its weights live on (``weight_quantization``: state-dict name ->
     scale/zero_point/quant_min/quant_max). Empty dicts when the model has none.

@@ -178,6 +178,12 @@ class SSD(nn.Module):
         """What ``mobilenet.checkpoint.save`` writes to rebuild this model."""
         return {"architecture": ARCHITECTURE, "config": self.config.to_dict()}
 
+    def output_sources(self) -> tuple[list[str], list[str]]:
+        """Names of the modules whose outputs ``forward`` concatenates into its box offsets and its class logits
+        (e.g. for :mod:`mobilenet.tflite.fidelity`, which rounds each onto the concatenation's grid)."""
+        return ([f"box_heads.{i}" for i in range(len(self.box_heads))],
+                [f"cls_heads.{i}" for i in range(len(self.cls_heads))])
+
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> the six feature maps the predictors read."""
         stages = self.backbone.forward_stages(x)

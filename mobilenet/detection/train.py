@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .. import distributed as dist_utils
 from ..checkpoint import save
+from ..config import coerce, flatten_tables, read_toml
 from ..optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_multiplier
 from ..train_state import Progress, find_resume, load_state, save_state
 from .augment import TrainTransform, collate
@@ -172,20 +173,18 @@ def resolve_recipe(recipe: str | Path | None = None, overrides: dict[str, Any] |
     then ``overrides`` (e.g. the flags given): later wins.
 
     Keys are ``DetSetup`` and ``DetTrainConfig`` field names; TOML tables only group them (as in
-    ``mobilenet.recipe``). ``metric`` defaults to ``kitti`` for KITTI data and ``voc`` otherwise.
+    :mod:`mobilenet.config`). ``metric`` defaults to ``kitti`` for KITTI data and ``voc`` otherwise.
     """
-    from ..recipe import _coerce, _flatten, read_toml
-
     setup_keys = {f.name for f in fields(DetSetup)}
     sources = [("defaults", defaults or {})]
     if recipe is not None:
-        sources.append((str(recipe), _flatten(read_toml(recipe), str(recipe))))
+        sources.append((str(recipe), flatten_tables(read_toml(recipe), str(recipe))))
     sources.append(("overrides", overrides or {}))
     merged: dict[str, Any] = {}
     for source, d in sources:
         d = {k.replace("-", "_"): v for k, v in d.items()}
-        merged.update(_coerce({k: v for k, v in d.items() if k in setup_keys}, source, DetSetup))
-        merged.update(_coerce({k: v for k, v in d.items() if k not in setup_keys}, source, DetTrainConfig))
+        merged.update(coerce({k: v for k, v in d.items() if k in setup_keys}, source, DetSetup))
+        merged.update(coerce({k: v for k, v in d.items() if k not in setup_keys}, source, DetTrainConfig))
     if "metric" not in merged:
         merged["metric"] = "kitti" if merged.get("format") == "kitti" else "voc"
     setup = DetSetup(**{k: v for k, v in merged.items() if k in setup_keys})

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +293,20 @@ class TFLiteModel:
             if t.name == name:
                 return t
         raise KeyError(f"{self.path}: no tensor named {name!r}")
+
+    @cached_property
+    def producers(self) -> dict[int, TFLiteOperator]:
+        """Main-subgraph tensor index -> the operator that writes it (absent: an input or a constant)."""
+        return {o: op for op in self.operators for o in op.outputs}
+
+    def stored(self, index: int) -> TFLiteTensor:
+        """The tensor holding the stored values of input ``index``, looking through a ``DEQUANTIZE`` op
+        (float16/int8 weight storage)."""
+        t = self.tensors[index]
+        op = self.producers.get(index)
+        if not t.is_constant and op is not None and op.opcode == "DEQUANTIZE":
+            return self.tensors[op.inputs[0]]
+        return t
 
     def opcode_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -1,8 +1,10 @@
-"""Our imported COCO SSD against the TF Lite interpreter on the same pixels (the parity check of issue 6).
+"""Our imports against the TF Lite interpreter (``ai-edge-litert``) on the same pixels.
 
-A reference detection (score >= ``min_score``) is matched when ours has the same label, IoU >= ``min_iou``
-and a score within ``score_tol``. Used by ``tests/test_det_tflite.py`` and
-``benchmarks/detect_tflite_parity.py``; needs ``ai-edge-litert`` for the interpreter.
+Classifiers: :func:`tflite_outputs` gives the interpreter's outputs for the pixels
+:func:`mobilenet.convert.parity.photo_pixels` feeds both sides (compared with
+:func:`mobilenet.convert.parity.compare`). Detectors (the imported COCO SSD): a reference detection
+(score >= ``min_score``) is matched when ours has the same label, IoU >= ``min_iou`` and a score within
+``score_tol``. Used by the tests and ``benchmarks/detect_tflite_parity.py``.
 
 The interpreter has three kernel sets for the same uint8 graph (``kernels``): ``"default"`` (the
 XNNPACK delegate, what ``Interpreter(model_path)`` runs), ``"builtin"`` (TF Lite's optimized kernels,
@@ -24,10 +26,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..convert.fidelity import KERNELS
-from .boxes import box_iou
-from .postprocess import Detections
-from .ssd import SSD
+from ..detection.boxes import box_iou
+from ..detection.postprocess import Detections
+from ..detection.ssd import SSD
+from .fidelity import SCORES, SSD_OUTPUTS, recorded_activation_grids, uint8_activations
+from .format import read_tflite
+from .grid import KERNELS
+from .ssd import POSTPROCESS_OP, TF_TO_OURS_BOX
 
 
 @dataclass
@@ -43,7 +48,10 @@ class Parity:
 
 def interpreter(tflite_path: str | os.PathLike[str], *, kernels: str = "default", threads: int = 1) -> Any:
     """A TF Lite interpreter (ai-edge-litert) for the file with the given kernel set, tensors allocated."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        raise ImportError("the TF Lite reference needs ai-edge-litert: pip install ai-edge-litert") from None
 
     resolvers = {"default": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
                  "reference": OpResolverType.BUILTIN_REF}
@@ -53,6 +61,23 @@ def interpreter(tflite_path: str | os.PathLike[str], *, kernels: str = "default"
                      experimental_op_resolver_type=resolvers[kernels])
     it.allocate_tensors()
     return it
+
+
+def tflite_outputs(path: str | os.PathLike[str], pixels: np.ndarray) -> np.ndarray:
+    """The TF Lite interpreter's (dequantized) outputs for uint8 NHWC pixels, one image at a time."""
+    it = interpreter(path)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    scale, zero = out["quantization"]
+    results = []
+    for px in pixels:
+        x = px[None]
+        if inp["dtype"] != np.uint8:  # float model: feed [-1, 1] like TF's preprocessing
+            x = (x.astype(np.float32) - 127.5) / 127.5
+        it.set_tensor(inp["index"], x.astype(inp["dtype"]))
+        it.invoke()
+        y = it.get_tensor(out["index"])[0]
+        results.append((y.astype(np.float32) - zero) * scale if scale else y.astype(np.float32))
+    return np.stack(results)
 
 
 def input_size(it: Any) -> tuple[int, int]:
@@ -116,12 +141,10 @@ def tflite_parity(
     """Run the interpreter and ``model`` on each image resized to the model's input (bilinear, uint8).
 
     ``fidelity=True`` runs ``model`` on the file's uint8 activation grids
-    (:func:`mobilenet.convert.fidelity.uint8_activations`), as the interpreter computes;
+    (:func:`mobilenet.tflite.fidelity.uint8_activations`), as the interpreter computes;
     ``kernels``: which of the interpreter's kernel sets is the reference (see the module doc), and
     whose requantization the fidelity run reproduces.
     """
-    from ..convert.fidelity import uint8_activations
-
     it = interpreter(tflite_path, kernels=kernels, threads=threads)
     size = input_size(it)
     result = Parity()
@@ -148,15 +171,11 @@ class TensorParity:
 
 def uint8_tensor_parity(model: SSD, tflite_path: str | os.PathLike[str], images: Iterable[Path], *,
                         kernels: str = "default", threads: int = 1) -> TensorParity:
-    """Ours under :func:`~mobilenet.convert.fidelity.uint8_activations` vs the interpreter, before NMS.
+    """Ours under :func:`~mobilenet.tflite.fidelity.uint8_activations` vs the interpreter, before NMS.
 
     Compares the uint8 box encodings and class scores the ``TFLite_Detection_PostProcess`` op reads
     (ours: the model's outputs as integers of the recorded ``box_encodings``/``class_scores`` grids).
     """
-    from ..convert.fidelity import SCORES, SSD_OUTPUTS, recorded_activation_grids, uint8_activations
-    from ..convert.tflite_format import read_tflite
-    from .tflite_import import POSTPROCESS_OP, TF_TO_OURS_BOX
-
     post = next(op for op in read_tflite(tflite_path).operators if op.custom_code == POSTPROCESS_OP)
     grids = recorded_activation_grids(model)
     box_grid, score_grid = grids[SSD_OUTPUTS[0]], grids[SCORES]

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_state_strict
-from ..convert.fidelity import SCORES, SSD_OUTPUTS, ActivationGrid
-from ..convert.tflite import conv_output_grid, weight_grid
-from ..convert.tflite_format import TFLiteModel, TFLiteOperator, TFLiteTensor, read_tflite
+from ..detection.postprocess import PostprocessConfig
+from ..detection.ssd import SSD, SSDConfig
 from ..model import STEM_CHANNELS
-from .postprocess import PostprocessConfig
-from .ssd import SSD, SSDConfig
+from .fidelity import SCORES, SSD_OUTPUTS
+from .format import TFLiteModel, TFLiteOperator, read_tflite
+from .grid import ActivationGrid, conv_output_grid, tensor_grid, weight_grid
 
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 _BACKBONE = re.compile(r"FeatureExtractor/MobilenetV1/MobilenetV1/Conv2d_(\d+)(?:_(depthwise|pointwise))?/")
@@ -46,8 +46,8 @@ def is_detection_tflite(path: str | os.PathLike[str]) -> bool:
 
 
 def _weights(model: TFLiteModel, op: Any) -> tuple[np.ndarray, np.ndarray]:
-    w = model.tensors[op.inputs[1]].dequantize()
-    b = model.tensors[op.inputs[2]].dequantize() if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+    w = model.stored(op.inputs[1]).dequantize()
+    b = model.stored(op.inputs[2]).dequantize() if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
     if w is None:
         raise ValueError(f"{model.path}: op {op.index} ({op.opcode}) has no constant weights")
     if op.opcode == "DEPTHWISE_CONV_2D":
@@ -87,15 +87,9 @@ def file_anchors(model: TFLiteModel) -> torch.Tensor:
     return torch.from_numpy(a[:, [1, 0, 3, 2]].astype(np.float32))  # (yc, xc, h, w) -> (xc, yc, w, h)
 
 
-def _grid(t: TFLiteTensor) -> ActivationGrid | None:
-    if not t.is_quantized or t.scale.size != 1 or t.dtype not in ("uint8", "int8"):
-        return None
-    return ActivationGrid.from_tflite(float(t.scale[0]), int(t.zero_point[0]), dtype=t.dtype)
-
-
 def activation_grids(model: TFLiteModel, named: list[tuple[TFLiteOperator, str]], post: TFLiteOperator
                      ) -> dict[str, ActivationGrid]:
-    """The uint8 grid of every activation the interpreter quantizes, keyed as ``mobilenet.convert.fidelity`` reads.
+    """The uint8 grid of every activation the interpreter quantizes, keyed as ``mobilenet.tflite.fidelity`` reads.
 
     ``input``; each conv's output under our module name (backbone units, extras, box/class heads;
     a fused ReLU6 narrows the grid; with the accumulator scale it is requantized from); what the
@@ -105,17 +99,16 @@ def activation_grids(model: TFLiteModel, named: list[tuple[TFLiteOperator, str]]
     head onto its own grid, hence two roundings.
     Empty for a float file.
     """
-    producers = {o: op for op in model.operators for o in op.outputs}
-    grids: dict[str, ActivationGrid | None] = {"input": _grid(model.inputs[0])}
+    grids: dict[str, ActivationGrid | None] = {"input": tensor_grid(model.inputs[0])}
     for op, name in named:
-        grids[name] = conv_output_grid(model, op, producers)
-    grids[SSD_OUTPUTS[0]] = _grid(model.tensors[post.inputs[0]])
-    scores = producers.get(post.inputs[1])
+        grids[name] = conv_output_grid(model, op)
+    grids[SSD_OUTPUTS[0]] = tensor_grid(model.tensors[post.inputs[0]])
+    scores = model.producers.get(post.inputs[1])
     if scores is not None and scores.opcode == "LOGISTIC":
-        grids[SSD_OUTPUTS[1]] = _grid(model.tensors[scores.inputs[0]])
-        grids[SCORES] = _grid(model.tensors[post.inputs[1]])
+        grids[SSD_OUTPUTS[1]] = tensor_grid(model.tensors[scores.inputs[0]])
+        grids[SCORES] = tensor_grid(model.tensors[post.inputs[1]])
     else:  # scores computed elsewhere: the op reads the logits' grid only
-        grids[SSD_OUTPUTS[1]] = _grid(model.tensors[post.inputs[1]])
+        grids[SSD_OUTPUTS[1]] = tensor_grid(model.tensors[post.inputs[1]])
     return {k: g for k, g in grids.items() if g is not None}
 
 
@@ -196,14 +189,13 @@ def import_detect_tflite(path: str | os.PathLike[str], labelmap: str | os.PathLi
     names = read_labelmap(labelmap, num_classes) if labelmap else [f"class_{k}" for k in range(num_classes)]
     extra: dict[str, Any] = {"source": str(path), "format": "tflite", "postprocess_op": opts}
     grids = activation_grids(tfl, [(op, m[0]) for op, m in named], post)
-    if grids:  # a quantized file: the grids it ran on (mobilenet.convert.fidelity.uint8_activations)
+    if grids:  # a quantized file: the grids it ran on (mobilenet.tflite.fidelity.uint8_activations)
         extra["activation_grids"] = {k: g.to_dict() for k, g in grids.items()}
         modules = dict(model.named_modules())
         # the tensors' whole uint8 ranges (as the classifier importer records them, for `mobilenet quantize`)
         extra["activation_ranges"] = {k: [(0 - g.zero_point) * g.scale, (255 - g.zero_point) * g.scale]
                                       for k, g in grids.items() if k == "input" or k in modules}
-    producers = {o: op for op in tfl.operators for o in op.outputs}
-    weights = {f"{prefix}.conv.weight" if has_bn else f"{prefix}.weight": weight_grid(tfl, op.inputs[1], producers)
+    weights = {f"{prefix}.conv.weight" if has_bn else f"{prefix}.weight": weight_grid(tfl, op.inputs[1])
                for op, (prefix, has_bn) in named}
     if all(g is not None for g in weights.values()):  # the kernels' grids (box heads: per tensor, order-free)
         extra["weight_quantization"] = weights

@@ -14,7 +14,7 @@ the output of each conv-bn-act unit and of the logits, keyed ``input``, ``stem``
 ``blocks.{i}.pw``, ``classifier``) and ``weight_quantization`` (per conv weight of our state dict:
 ``scale``, ``zero_point``, ``quant_min``, ``quant_max``, one entry per tensor or per output channel).
 ``activation_grids`` holds the exact activation grids (scale, zero point, clamp of a fused ReLU6) for
-:func:`mobilenet.convert.fidelity.uint8_activations` (:func:`activation_grids`).
+:func:`mobilenet.tflite.fidelity.uint8_activations` (:func:`activation_grids`).
 """
 
 from __future__ import annotations
@@ -25,77 +25,25 @@ from typing import Any
 
 import numpy as np
 
+from ..convert.imported import ConvUnit, Imported, depthwise_1hwc_to_oihw, ohwi_to_oihw
 from ..model import LAYERS, STEM_STRIDE
 from ..preprocessing import Preprocessing
-from .fidelity import ActivationGrid
-from .imported import ConvUnit, Imported, depthwise_1hwc_to_oihw, ohwi_to_oihw
-from .tflite_format import TFLiteModel, TFLiteOperator, TFLiteTensor, read_tflite
+from .format import TFLiteModel, TFLiteOperator, read_tflite
+from .grid import ActivationGrid, conv_output_grid, float_range, tensor_grid, weight_grid
 
 _CONVS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 # Ops that carry no weights in a classifier graph; anything else is refused (not a plain MobileNet v1).
 _PASSIVE = ("PAD", "AVERAGE_POOL_2D", "MEAN", "RESHAPE", "SQUEEZE", "SOFTMAX", "QUANTIZE", "DEQUANTIZE")
+UNIT_NAMES = ["stem"] + [f"blocks.{i}.{part}" for i in range(len(LAYERS)) for part in ("dw", "pw")]
 
 
-def _constant(model: TFLiteModel, index: int, producers: dict[int, TFLiteOperator], what: str) -> np.ndarray:
+def _constant(model: TFLiteModel, index: int, what: str) -> np.ndarray:
     """Float values of a constant input, looking through a DEQUANTIZE op (float16/int8 weight storage)."""
-    t = model.tensors[index]
-    if not t.is_constant and index in producers and producers[index].opcode == "DEQUANTIZE":
-        t = model.tensors[producers[index].inputs[0]]
+    t = model.stored(index)
     values = t.dequantize()
     if values is None:
         raise ValueError(f"{model.path}: {what} ({t.name!r}) is not a constant tensor")
     return values
-
-
-_QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
-
-
-def _float_range(t: TFLiteTensor) -> list[float] | None:
-    """[min, max] of the float values a per-tensor uint8/int8 activation can take (None: not quantized)."""
-    if not t.is_quantized or t.scale.size != 1 or t.dtype not in _QRANGE:
-        return None
-    qmin, qmax = _QRANGE[t.dtype]
-    scale, zp = float(t.scale[0]), int(t.zero_point[0])
-    return [(qmin - zp) * scale, (qmax - zp) * scale]
-
-
-def weight_grid(model: TFLiteModel, index: int, producers: dict[int, TFLiteOperator]) -> dict[str, Any] | None:
-    """The quantization grid of a stored kernel (looking through DEQUANTIZE), for our (O, ...) layout.
-
-    TF Lite quantizes conv kernels along the output channel (OHWI dim 0), depthwise kernels along
-    the channel (1HWC dim 3) and fully-connected ones along dim 0: all our axis 0 after the transpose.
-    """
-    t = model.tensors[index]
-    if not t.is_constant and index in producers and producers[index].opcode == "DEQUANTIZE":
-        t = model.tensors[producers[index].inputs[0]]
-    if not t.is_quantized or t.dtype not in _QRANGE:
-        return None
-    qmin, qmax = _QRANGE[t.dtype]
-    return {"scale": [float(v) for v in t.scale], "zero_point": [int(v) for v in t.zero_point],
-            "quant_min": qmin, "quant_max": qmax, "axis": 0}
-
-
-def _kernel(model: TFLiteModel, index: int, producers: dict[int, TFLiteOperator]) -> TFLiteTensor:
-    t = model.tensors[index]
-    if not t.is_constant and index in producers and producers[index].opcode == "DEQUANTIZE":
-        t = model.tensors[producers[index].inputs[0]]
-    return t
-
-
-def conv_output_grid(model: TFLiteModel, op: TFLiteOperator, producers: dict[int, TFLiteOperator]
-                     ) -> ActivationGrid | None:
-    """The uint8 grid of a conv/fully-connected op's output, with its fused activation's clamp and the
-    accumulator scale (input scale x kernel scale, per output channel if the kernel is) the
-    interpreter requantizes from. None when the output is not quantized."""
-    out, inp = model.tensors[op.outputs[0]], model.tensors[op.inputs[0]]
-    if _float_range(out) is None:
-        return None
-    kernel = _kernel(model, op.inputs[1], producers)
-    acc: tuple[float, ...] = ()
-    if _float_range(inp) is not None and kernel.is_quantized:
-        acc = tuple(float(np.float64(inp.scale[0]) * np.float64(s)) for s in kernel.scale)
-    return ActivationGrid.from_tflite(float(out.scale[0]), int(out.zero_point[0]), dtype=out.dtype,
-                                      activation=op.options.get("fused_activation_function"), accumulator_scale=acc)
 
 
 def quantization_grids(model: TFLiteModel, units: list[TFLiteOperator], head: TFLiteOperator | None
@@ -105,25 +53,23 @@ def quantization_grids(model: TFLiteModel, units: list[TFLiteOperator], head: TF
     ``units``: the 27 conv ops in order (stem, then dw/pw per block); ``head``: the classifier op or None.
     Empty dicts for a float file.
     """
-    names = ["stem"] + [f"blocks.{i}.{part}" for i in range(len(LAYERS)) for part in ("dw", "pw")]
-    producers = {o: op for op in model.operators for o in op.outputs}
     ranges: dict[str, list[float]] = {}
     weights: dict[str, dict[str, Any]] = {}
-    first = _float_range(model.tensors[units[0].inputs[0]])
+    first = float_range(model.tensors[units[0].inputs[0]])
     if first is not None:
         ranges["input"] = first
-    for name, op in zip(names, units, strict=True):
-        r = _float_range(model.tensors[op.outputs[0]])
+    for name, op in zip(UNIT_NAMES, units, strict=True):
+        r = float_range(model.tensors[op.outputs[0]])
         if r is not None:
             ranges[name] = r
-        grid = weight_grid(model, op.inputs[1], producers)
+        grid = weight_grid(model, op.inputs[1])
         if grid is not None:
             weights[f"{name}.conv.weight"] = grid
     if head is not None:
-        r = _float_range(model.tensors[head.outputs[0]])
+        r = float_range(model.tensors[head.outputs[0]])
         if r is not None:
             ranges["classifier"] = r
-        grid = weight_grid(model, head.inputs[1], producers)
+        grid = weight_grid(model, head.inputs[1])
         if grid is not None:
             weights["classifier.weight"] = grid
     return ranges, weights
@@ -132,12 +78,10 @@ def quantization_grids(model: TFLiteModel, units: list[TFLiteOperator], head: TF
 def activation_grids(model: TFLiteModel, units: list[TFLiteOperator], head: TFLiteOperator | None
                      ) -> dict[str, ActivationGrid]:
     """The exact uint8 grid (scale, zero point, fused-activation clamp) of each activation the interpreter
-    quantizes, keyed as :mod:`mobilenet.convert.fidelity` reads them: ``input``, the units, ``pool``
+    quantizes, keyed as :mod:`mobilenet.tflite.fidelity` reads them: ``input``, the units, ``pool``
     (the average pool's output, our classifier's input) and ``classifier``. Empty for a float file.
     """
-    names = ["stem"] + [f"blocks.{i}.{part}" for i in range(len(LAYERS)) for part in ("dw", "pw")]
-    producers = {o: op for op in model.operators for o in op.outputs}
-    convs = list(zip(names, units, strict=True))
+    convs = list(zip(UNIT_NAMES, units, strict=True))
     points = [("input", model.tensors[units[0].inputs[0]], None)]
     if head is not None:
         pool = next((op for op in model.operators if op.opcode in ("AVERAGE_POOL_2D", "MEAN")
@@ -145,9 +89,8 @@ def activation_grids(model: TFLiteModel, units: list[TFLiteOperator], head: TFLi
         if pool is not None:
             points.append(("pool", model.tensors[pool.outputs[0]], pool.options.get("fused_activation_function")))
         convs.append(("classifier", head))
-    grids = {name: ActivationGrid.from_tflite(float(t.scale[0]), int(t.zero_point[0]), dtype=t.dtype, activation=act)
-             for name, t, act in points if _float_range(t) is not None}
-    grids.update({name: g for name, op in convs if (g := conv_output_grid(model, op, producers)) is not None})
+    grids = {name: g for name, t, act in points if (g := tensor_grid(t, act)) is not None}
+    grids.update({name: g for name, op in convs if (g := conv_output_grid(model, op)) is not None})
     return grids
 
 
@@ -155,7 +98,6 @@ def import_tflite(path: str | os.PathLike[str]) -> Imported:
     """Map a MobileNet v1 ``.tflite`` classifier onto our layout (tf preset, folded BN)."""
     model = read_tflite(path)
     src = str(path)
-    producers = {o: op for op in model.operators for o in op.outputs}
     unknown = [op.custom_code or op.opcode for op in model.operators if op.opcode not in _CONVS + _PASSIVE]
     if unknown:
         raise ValueError(f"{src}: operator {unknown[0]} is not part of a MobileNet v1 classifier "
@@ -177,9 +119,8 @@ def import_tflite(path: str | os.PathLike[str]) -> Imported:
         if op.options.get("fused_activation_function") != "RELU6":
             raise ValueError(f"{src}: {where}: activation {op.options.get('fused_activation_function')}, "
                              "expected RELU6 fused into the conv")
-        w = _constant(model, op.inputs[1], producers, f"{where} kernel")
-        bias = _constant(model, op.inputs[2], producers, f"{where} bias") if len(op.inputs) > 2 and op.inputs[2] >= 0 \
-            else None
+        w = _constant(model, op.inputs[1], f"{where} kernel")
+        bias = _constant(model, op.inputs[2], f"{where} bias") if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
         weight = depthwise_1hwc_to_oihw(w) if kind == "DEPTHWISE_CONV_2D" else ohwi_to_oihw(w)
         units.append(ConvUnit(name=f"{where} {model.tensors[op.inputs[1]].name.split(';')[0]}", weight=weight,
                               bias=bias))
@@ -189,10 +130,10 @@ def import_tflite(path: str | os.PathLike[str]) -> Imported:
         head = convs[-1]
         if head.opcode == "CONV_2D" and head.options.get("fused_activation_function") not in (None, "NONE"):
             raise ValueError(f"{src}: the classifier conv has a fused activation, expected none")
-        w = _constant(model, head.inputs[1], producers, "classifier kernel")
+        w = _constant(model, head.inputs[1], "classifier kernel")
         cls_w = w.reshape(w.shape[0], -1)  # (N, 1, 1, C) or (N, C) -> (N, C)
         if len(head.inputs) > 2 and head.inputs[2] >= 0:
-            cls_b = _constant(model, head.inputs[2], producers, "classifier bias")
+            cls_b = _constant(model, head.inputs[2], "classifier bias")
 
     (inp,) = model.inputs
     if len(inp.shape) != 4 or inp.shape[1] != inp.shape[2] or inp.shape[3] != 3:

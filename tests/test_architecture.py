@@ -1,0 +1,126 @@
+"""The import graph of ``mobilenet/``: no circle, and every arrow points down the layers below.
+
+Every ``import`` counts, also those inside functions (a lazy import is still a dependency). A module's
+layer is that of the longest prefix listed in ``LAYERS``; a module may import its own layer and those
+below it. A new top-level module or package needs a line here: that is the point where its place in
+the design is decided.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mobilenet"
+
+# Lowest first. Within a layer any arrow is allowed (the circle check still applies).
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("foundation: model, preprocessing, settings, pure file formats", (
+        "mobilenet.model", "mobilenet.preprocessing", "mobilenet.config", "mobilenet.optim", "mobilenet.distributed",
+        "mobilenet.published", "mobilenet.imagenet_classes", "mobilenet.weights",
+        "mobilenet.tflite", "mobilenet.tflite.flexbuffers", "mobilenet.tflite.format", "mobilenet.tflite.grid")),
+    ("core: weights files, variants, cost, training state", (
+        "mobilenet.checkpoint", "mobilenet.zoo", "mobilenet.profile", "mobilenet.train_state", "mobilenet.plots")),
+    ("data, evaluation, prediction", ("mobilenet.data", "mobilenet.evaluate", "mobilenet.predict")),
+    ("deployment: folding, int8, export, runtimes, TF Lite fidelity", (
+        "mobilenet.deploy", "mobilenet.export", "mobilenet.runtimes", "mobilenet.kernels", "mobilenet.tflite.fidelity")),
+    ("detection: the SSD and its parts", ("mobilenet.detection",)),
+    ("importers: foreign weights into our models", (
+        "mobilenet.convert", "mobilenet.tflite.classifier", "mobilenet.tflite.ssd", "mobilenet.tflite.parity")),
+    ("training: the engine and its tasks", ("mobilenet.train", "mobilenet.recipe", "mobilenet.engine")),
+    ("applications", ("mobilenet.video", "mobilenet.serve", "mobilenet.embed")),
+    ("the public API", ("mobilenet",)),
+    ("the command line", ("mobilenet.cli", "mobilenet.__main__")),
+]
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        mods[".".join(parts)] = path
+    return mods
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the mobilenet modules it imports (``from a import b`` counts as ``a.b`` when that is a module)."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                targets.update(f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names)
+        graph[name] = {t for t in targets if t in mods and t != name}
+    return graph
+
+
+def layer_of(module: str) -> int:
+    best, found = -1, None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > best:
+                best, found = len(p), i
+    assert found is not None, f"{module} has no layer: add it to LAYERS in {Path(__file__).name}"
+    return found
+
+
+def test_every_module_has_a_layer():
+    for module in import_graph():
+        layer_of(module)
+
+
+def test_no_upward_arrow():
+    graph = import_graph()
+    upward = sorted(f"{a} ({LAYERS[layer_of(a)][0]}) -> {b} ({LAYERS[layer_of(b)][0]})"
+                    for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+    assert not upward, "imports pointing up the layers:\n" + "\n".join(upward)
+
+
+def test_no_import_circle():
+    graph = import_graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                return path[path.index(t):] + [t]
+            if t not in state and (cycle := visit(t)):
+                return cycle
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m)):
+            raise AssertionError("import circle: " + " -> ".join(cycle))
+
+
+def test_the_checker_sees_lazy_imports_and_circles(tmp_path, monkeypatch):
+    # a function-level import is an arrow too, and a two-module circle is found
+    pkg = tmp_path / "mobilenet"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "model.py").write_text("def f():\n    from .optim import g\n")
+    (pkg / "optim.py").write_text("from mobilenet.model import f\n")
+    monkeypatch.setattr(__import__(__name__, fromlist=["PACKAGE"]), "PACKAGE", pkg)
+    graph = import_graph()
+    assert graph["mobilenet.model"] == {"mobilenet.optim"} and graph["mobilenet.optim"] == {"mobilenet.model"}
+    try:
+        test_no_import_circle()
+    except AssertionError as e:
+        assert "mobilenet.model -> mobilenet.optim -> mobilenet.model" in str(e)
+    else:
+        raise AssertionError("the circle was not found")
