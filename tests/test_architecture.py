@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "mobilenet.checkpoint", "mobilenet.zoo", "mobilenet.profile", "mobilenet.train_state", "mobilenet.plots")),
     ("data, evaluation, prediction", ("mobilenet.data", "mobilenet.evaluate", "mobilenet.predict")),
     ("deployment: folding, int8, export, runtimes, TF Lite fidelity", (
-        "mobilenet.deploy", "mobilenet.export", "mobilenet.runtimes", "mobilenet.kernels", "mobilenet.tflite.fidelity")),
+        "mobilenet.deploy", "mobilenet.export", "mobilenet.runtimes", "mobilenet.kernels",
+        "mobilenet.tflite.fidelity")),
     ("detection: the SSD and its parts", ("mobilenet.detection",)),
     ("importers: foreign weights into our models", (
         "mobilenet.convert", "mobilenet.tflite.classifier", "mobilenet.tflite.ssd", "mobilenet.tflite.parity")),
