@@ -29,14 +29,13 @@ sys.path.insert(0, str(REPO))
 
 from mobilenet.convert import import_model  # noqa: E402
 from mobilenet.convert.parity import compare, keras_outputs, labelled_photos, photo_pixels, torch_logits  # noqa: E402
-from mobilenet.preprocessing import Preprocessing  # noqa: E402
 from mobilenet.tflite.fidelity import uint8_activations  # noqa: E402
 from mobilenet.tflite.parity import tflite_outputs  # noqa: E402
 
 
 def tflite_rows(path: Path, photos: list) -> dict:
     model = import_model(path)
-    pre = Preprocessing.from_dict(model.weights_metadata["preprocessing"])
+    pre = model.weights_info.preprocessing
     pixels = photo_pixels([p for p, _ in photos], pre)
     labels = [y for _, y in photos]
     t0 = time.perf_counter()
@@ -61,7 +60,7 @@ def keras_rows(path: Path, photos: list) -> dict:
 
     model = import_model(path)
     cfg = model.config
-    pre = Preprocessing.from_dict(model.weights_metadata["preprocessing"])
+    pre = model.weights_info.preprocessing
     x = torch.stack([pre(Image.open(p)) for p, _ in photos])
     ref = keras_outputs(path, model, x)
 

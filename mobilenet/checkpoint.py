@@ -23,6 +23,7 @@ from torch import nn
 
 from .model import MobileNetV1
 from .preprocessing import Preprocessing
+from .weights import WeightsInfo
 
 FORMAT_VERSION = 1
 METADATA_KEY = "mobilenet"
@@ -75,17 +76,23 @@ def save(
     class_names: list[str] | None = None,
     preprocessing: Preprocessing | None = None,
     extra: dict[str, Any] | None = None,
+    info: WeightsInfo | None = None,
 ) -> Path:
-    """Write ``model``'s weights and everything ``load`` needs into one safetensors file."""
+    """Write ``model``'s weights and everything ``load`` needs into one safetensors file.
+
+    ``info`` (:class:`~mobilenet.weights.WeightsInfo`) is what travels with the weights; ``class_names``,
+    ``preprocessing`` and ``extra`` (header keys, see :mod:`mobilenet.weights`) set or add to it.
+    """
     meta = model_metadata(model)
-    if preprocessing is None and "config" in meta and "resolution" in meta["config"]:
-        preprocessing = Preprocessing.imagenet(meta["config"]["resolution"])
-    meta.update(
-        format_version=FORMAT_VERSION,
-        class_names=list(class_names) if class_names is not None else None,
-        preprocessing=preprocessing.to_dict() if preprocessing is not None else None,
-        extra=extra or {},
-    )
+    header = (info or WeightsInfo()).to_header()
+    if class_names is not None:
+        header["class_names"] = list(class_names)
+    if preprocessing is not None:
+        header["preprocessing"] = preprocessing.to_dict()
+    if header["preprocessing"] is None and "config" in meta and "resolution" in meta["config"]:
+        header["preprocessing"] = Preprocessing.imagenet(meta["config"]["resolution"]).to_dict()
+    header["extra"].update(extra or {})
+    meta.update(format_version=FORMAT_VERSION, **header)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(meta)})
     path = Path(path)
@@ -159,7 +166,8 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
 def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model from a weights file alone; it comes back in eval mode.
 
-    The file's metadata is attached as ``model.weights_metadata`` (class names, preprocessing, ...).
+    What travels with the weights (class names, preprocessing, source ...) is attached as
+    ``model.weights_info`` (:class:`~mobilenet.weights.WeightsInfo`).
     """
     tensors, meta = read(path)
     arch = meta.get("architecture")
@@ -170,7 +178,7 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
         raise WeightsFileError(f"{path}: unknown architecture {arch!r} (known: {', '.join(sorted(BUILDERS))})")
     model = BUILDERS[arch](meta["config"])
     load_state_strict(model, tensors, str(path))
-    model.weights_metadata = meta  # type: ignore[attr-defined]
+    model.weights_info = WeightsInfo.from_header(meta)  # type: ignore[assignment]
     return model.to(map_location).eval()
 
 
@@ -178,5 +186,5 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike[str]) -> nn.Modu
     """Load a weights file into an existing model, strictly (same keys and shapes)."""
     tensors, meta = read(path)
     load_state_strict(model, tensors, str(path))
-    model.weights_metadata = meta  # type: ignore[attr-defined]
+    model.weights_info = WeightsInfo.from_header(meta)  # type: ignore[assignment]
     return model

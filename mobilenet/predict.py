@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from .preprocessing import Preprocessing
+from .weights import weights_info
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -39,18 +40,16 @@ def expand_inputs(specs: Iterable[str]) -> list[Path]:
 
 
 def _label_names(model: nn.Module, num_outputs: int) -> list[str]:
-    meta = getattr(model, "weights_metadata", None) or {}
-    names = meta.get("class_names")
+    names = weights_info(model).classes
     if names and len(names) == num_outputs:
         return list(names)
     return [str(i) for i in range(num_outputs)]
 
 
 def _readable_names(model: nn.Module, num_outputs: int) -> list[str] | None:
-    """Human-readable class names (``extra["class_labels"]``, set by the importers: "tench, Tinca tinca"
+    """Human-readable class names (``weights_info.class_labels``, set by the importers: "tench, Tinca tinca"
     beside the id ``n01440764``), or None when the weights carry none for every output."""
-    meta = getattr(model, "weights_metadata", None) or {}
-    labels = (meta.get("extra") or {}).get("class_labels")
+    labels = weights_info(model).class_labels
     if isinstance(labels, list) and len(labels) == num_outputs:
         return [str(x) for x in labels]
     return None
@@ -58,9 +57,9 @@ def _readable_names(model: nn.Module, num_outputs: int) -> list[str] | None:
 
 def model_preprocessing(model: nn.Module) -> Preprocessing:
     """The preprocessing stored with the model's weights, else ImageNet's at the model's resolution."""
-    meta = getattr(model, "weights_metadata", None) or {}
-    if meta.get("preprocessing"):
-        return Preprocessing.from_dict(meta["preprocessing"])
+    pre = weights_info(model).preprocessing
+    if pre is not None:
+        return pre
     config = getattr(model, "config", None)
     return Preprocessing.imagenet(getattr(config, "resolution", 224))
 

@@ -29,10 +29,10 @@ def test_save_load_round_trip(tmp_path: Path, preset: str) -> None:
     x = torch.randn(2, 3, 128, 128)
     with torch.inference_mode():
         assert torch.equal(again(x), model(x))
-    meta = again.weights_metadata
-    assert meta["class_names"] == list("abcde")
-    assert Preprocessing.from_dict(meta["preprocessing"]) == Preprocessing.tf(128)
-    assert meta["extra"] == {"note": "test"} and meta["architecture"] == "mobilenet_v1"
+    info = again.weights_info
+    assert info.classes == list("abcde")
+    assert info.preprocessing == Preprocessing.tf(128)
+    assert info.extra == {"note": "test"} and mobilenet.checkpoint.read_metadata(path)["architecture"] == "mobilenet_v1"
 
 
 def test_default_preprocessing_and_create_model_weights(tmp_path: Path) -> None:

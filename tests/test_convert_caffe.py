@@ -22,8 +22,8 @@ def test_caffe_import_equals_source(caffe_files):
     assert detect_format(caffemodel) == "caffe"
     ours = import_model(caffemodel, prototxt=deploy)
     assert ours.config.preset == "paper" and ours.config.width_mult == 0.25 and ours.num_classes == 1000
-    pre = ours.weights_metadata["preprocessing"]
-    assert pre["channel_order"] == "BGR" and list(pre["mean"]) == [103.94, 116.78, 123.68]
+    pre = ours.weights_info.preprocessing
+    assert pre.channel_order == "BGR" and list(pre.mean) == [103.94, 116.78, 123.68]
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), model(x), rtol=0, atol=1e-5)

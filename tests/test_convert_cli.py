@@ -25,7 +25,7 @@ def test_convert_writes_a_loadable_file(slim_prefix, tmp_path, capsys):
     assert main(["convert", f"{slim_prefix}.index", "--out", str(out), "--drop-background"]) == 0
     assert "width 0.25, 128 px, 1000 classes, preset tf" in capsys.readouterr().out
     model = load(out)
-    assert model.num_classes == 1000 and model.weights_metadata["extra"]["format"] == "slim"
+    assert model.num_classes == 1000 and model.weights_info.source.format == "slim"
 
 
 def test_default_output_is_in_the_current_folder(slim_prefix, tmp_path, monkeypatch):

@@ -74,7 +74,7 @@ def real_file_photos(keras):
     path = shared_file(*REAL)
     ours = import_model(path)
     assert (ours.config.width_mult, ours.config.resolution, ours.num_classes) == (0.25, 224, 0)
-    pre = Preprocessing.from_dict(ours.weights_metadata["preprocessing"])
+    pre = ours.weights_info.preprocessing
     assert pre == Preprocessing.tf(224)
     from PIL import Image
 

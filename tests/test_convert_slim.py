@@ -34,11 +34,11 @@ def test_slim_import_equals_source(slim_ckpt, tmp_path):
     assert detect_format(f"{prefix}.index") == "slim" and detect_format(prefix) == "slim"
     out = convert(f"{prefix}.index", tmp_path / "ours.safetensors")
     ours = load(out)
-    meta = ours.weights_metadata
+    info = ours.weights_info
     assert ours.config.resolution == 128 and ours.config.width_mult == 0.25 and ours.config.num_classes == 1001
-    assert meta["class_names"][0] == "background" and len(meta["class_names"]) == 1001
-    assert meta["preprocessing"]["mean"] == [127.5] * 3 and meta["preprocessing"]["crop_mode"] == "crop_resize"
-    assert meta["extra"]["format"] == "slim"
+    assert info.classes[0] == "background" and len(info.classes) == 1001
+    assert info.preprocessing.mean == (127.5,) * 3 and info.preprocessing.crop_mode == "crop_resize"
+    assert info.source.format == "slim"
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), model(x), rtol=0, atol=1e-5)
@@ -47,9 +47,9 @@ def test_slim_import_equals_source(slim_ckpt, tmp_path):
 def test_slim_drop_background(slim_ckpt):
     model, prefix = slim_ckpt
     ours = import_model(prefix, drop_background=True)
-    meta = ours.weights_metadata
-    assert ours.num_classes == 1000 and meta["class_names"][0] == "n01440764"
-    assert meta["extra"]["class_labels"][0].startswith("tench")
+    info = ours.weights_info
+    assert ours.num_classes == 1000 and info.classes[0] == "n01440764"
+    assert info.class_labels[0].startswith("tench")
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), model(x)[:, 1:], rtol=0, atol=1e-5)

@@ -11,7 +11,6 @@ from mobilenet.convert import convert, import_model
 from mobilenet.convert.imported import ConvUnit, Imported, assemble, build_model
 from mobilenet.convert.parity import compare, labelled_photos, photo_pixels, torch_logits
 from mobilenet.model import LAYERS, MobileNetV1
-from mobilenet.preprocessing import Preprocessing
 from mobilenet.tflite.format import read_tflite
 from mobilenet.tflite.parity import tflite_outputs
 from tests.conftest import shared_file
@@ -58,14 +57,14 @@ def test_folded_units_reproduce_conv_plus_bias():
 def test_real_quantized_file_imports_with_its_metadata(tmp_path):
     out = convert(shared_file(*QUANT), tmp_path / "q.safetensors")
     model = load(out)
-    meta = model.weights_metadata
+    info = model.weights_info
     assert (model.config.width_mult, model.config.resolution, model.num_classes) == (0.25, 128, 1001)
-    assert model.config.preset == "tf" and meta["extra"]["quantized"] is True
+    assert model.config.preset == "tf" and info.source.details["quantized"] is True
     # the file's input quantization (scale 1/128, zero point 128) is the preprocessing
-    pre = Preprocessing.from_dict(meta["preprocessing"])
+    pre = info.preprocessing
     assert pre.mean == (128.0,) * 3 and pre.std == (128.0,) * 3 and pre.crop_mode == "crop_resize"
-    assert meta["class_names"][:2] == ["background", "n01440764"]
-    assert meta["extra"]["class_labels"][1].startswith("tench")
+    assert info.classes[:2] == ["background", "n01440764"]
+    assert info.class_labels[1].startswith("tench")
 
 
 @pytest.mark.slow
@@ -74,7 +73,7 @@ def test_quantized_parity_with_the_interpreter_on_real_photos():
     path = shared_file(*QUANT)
     photos = labelled_photos(shared_file("imagenet", "images"))
     model = import_model(path)
-    pre = Preprocessing.from_dict(model.weights_metadata["preprocessing"])
+    pre = model.weights_info.preprocessing
     pixels = photo_pixels([p for p, _ in photos], pre)
     result = compare(tflite_outputs(path, pixels), torch_logits(model, pixels, pre), [y for _, y in photos])
     # measured: 95/100 (one of them a photo where the interpreter's uint8 softmax ties two classes for first and
@@ -94,7 +93,7 @@ def test_written_float_tflite_round_trips(tmp_path):
     assert stem.dtype == "uint8" and stem.scale.shape == (8,) and stem.quantized_dimension == 0
     ours = import_model(path)
     assert (ours.config.width_mult, ours.config.resolution, ours.num_classes) == (0.25, 64, 11)
-    assert ours.weights_metadata["preprocessing"]["mean"] == (127.5,) * 3  # float input: TF's [-1, 1]
+    assert ours.weights_info.preprocessing.mean == (127.5,) * 3  # float input: TF's [-1, 1]
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         # the stem kernel went through uint8 (per-channel): allow its rounding, everything else is exact
@@ -125,7 +124,7 @@ def test_convert_routes_the_ssd_detector_to_the_detection_importer(tmp_path, mon
     out = convert(shared_file("weights", "tflite", "detect.tflite"), tmp_path / "ssd.safetensors")
     monkeypatch.delitem(BUILDERS, "ssd_mobilenet_v1", raising=False)  # load must find the builder itself
     model = load(out)
-    assert isinstance(model, SSD) and len(model.weights_metadata["class_names"]) == 90
+    assert isinstance(model, SSD) and len(model.weights_info.classes) == 90
 
 
 def test_agreement_counts_a_tie_in_the_reference_as_agreeing():

@@ -23,7 +23,7 @@ def test_timm_safetensors_equals_source(tmp_path):
     save_file(timm_state(model), str(path))
     assert detect_format(path) == "timm"
     ours = import_model(path)
-    assert ours.config.preset == "timm" and ours.weights_metadata["extra"]["layout"] == "timm"
+    assert ours.config.preset == "timm" and ours.weights_info.source.details["layout"] == "timm"
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), model(x), rtol=0, atol=1e-5)
@@ -43,7 +43,7 @@ def test_huggingface_layout_equals_source(tmp_path):
     path = tmp_path / "pytorch_model.bin"
     torch.save(hf_state(model), path)
     ours = import_model(path)
-    assert ours.config.preset == "tf" and ours.weights_metadata["extra"]["layout"] == "huggingface"
+    assert ours.config.preset == "tf" and ours.weights_info.source.details["layout"] == "huggingface"
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), model(x), rtol=0, atol=1e-5)
@@ -73,8 +73,8 @@ def test_real_timm_model_equals_import(tmp_path, name, resolution):
     cfg = json.loads((tmp_path / "pretrained_cfg.json").read_text())
     ours = import_model(tmp_path / "model.safetensors", resolution=resolution)
     assert ours.config.width_mult == float(name[-3:]) / 100 and ours.num_classes == cfg["num_classes"]
-    pre = ours.weights_metadata["preprocessing"]
-    assert (pre["interpolation"], pre["crop_fraction"]) == (cfg["interpolation"], cfg["crop_pct"])
-    assert [m / 255 for m in pre["mean"]] == cfg["mean"] and [s / 255 for s in pre["std"]] == cfg["std"]
+    pre = ours.weights_info.preprocessing
+    assert (pre.interpolation, pre.crop_fraction) == (cfg["interpolation"], cfg["crop_pct"])
+    assert [m / 255 for m in pre.mean] == cfg["mean"] and [s / 255 for s in pre.std] == cfg["std"]
     with torch.no_grad():
         torch.testing.assert_close(ours(ref["x"]), ref["logits"], rtol=0, atol=1e-5)

@@ -12,6 +12,7 @@ import mobilenet
 from mobilenet.cli import main
 from mobilenet.deploy.export import export, export_program, export_torchscript
 from mobilenet.deploy.quantize import METADATA_FILE
+from mobilenet.weights import WeightsInfo
 
 
 def _model(preset: str) -> mobilenet.MobileNetV1:
@@ -26,7 +27,7 @@ def onnx_export(request, tmp_path_factory):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     model = _model(request.param)
-    model.weights_metadata = {"class_names": [f"c{i}" for i in range(6)]}
+    model.weights_info = WeightsInfo(classes=[f"c{i}" for i in range(6)])
     path = export(model, tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx", format="onnx")
     return model, path
 

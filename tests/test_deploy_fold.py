@@ -73,7 +73,7 @@ def test_folded_weights_file_round_trip(tmp_path):
     folded = fold_bn(model)
     path = save_folded(folded, tmp_path / "folded.safetensors", class_names=list("abcdefg"))
     loaded = mobilenet.load(path)  # through the checkpoint registry
-    assert getattr(loaded, "bn_folded", False) and loaded.weights_metadata["class_names"] == list("abcdefg")
+    assert getattr(loaded, "bn_folded", False) and loaded.weights_info.classes == list("abcdefg")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), folded(x))

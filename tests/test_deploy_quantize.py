@@ -3,6 +3,8 @@ and a quantization-aware trained import's recorded grids are used as they are.""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -211,11 +213,11 @@ def _import_with_recorded_ranges(tmp_path):
     torch.manual_seed(0)
     model = randomize_bn(mobilenet.MobileNetV1(width_mult=0.25, resolution=32, num_classes=5, preset="tf"))
     ours = import_model(write_tflite(model, tmp_path / "tiny.tflite", quantize_stem=True))
-    extra = ours.weights_metadata["extra"]
+    q = ours.weights_info.quantization
     # the writer quantizes only the stem kernel; the activation ranges a uint8 file would carry are added here
-    assert "activation_ranges" not in extra and set(extra["weight_quantization"]) == {"stem.conv.weight"}
-    extra["activation_ranges"] = {"input": [-1.0, 127 / 128], **{u: [0.0, 6.0] for u in _units()},
-                                  "classifier": [-8.0, 8.0]}
+    assert not q.activation_ranges() and set(q.weights) == {"stem.conv.weight"}
+    ranges = {"input": (-1.0, 127 / 128), **{u: (0.0, 6.0) for u in _units()}, "classifier": (-8.0, 8.0)}
+    ours.weights_info = ours.weights_info.replace(quantization=dataclasses.replace(q, ranges=ranges))
     return ours
 
 
@@ -276,10 +278,10 @@ def test_real_quantized_tflite_records_its_grids(shared_data):
     from tests.conftest import shared_file
 
     model = import_model(shared_file("weights", "tflite", "mobilenet_v1_0.25_128_quant.tflite"))
-    extra = model.weights_metadata["extra"]
-    ranges, grids = extra["activation_ranges"], extra["weight_quantization"]
+    q = model.weights_info.quantization
+    ranges, grids = q.activation_ranges(), {k: g.to_dict() for k, g in q.weights.items()}
     assert set(ranges) == {"input", "classifier", *_units()}
-    assert ranges["input"] == [-1.0, 0.9921875]
+    assert ranges["input"] == (-1.0, 0.9921875)
     assert all(r[0] == 0 and r[1] == pytest.approx(6.0, abs=1e-3) for u, r in ranges.items() if u in _units())
     assert len(grids) == 28
     state = model.state_dict()

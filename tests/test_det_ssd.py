@@ -53,7 +53,7 @@ def test_save_and_load_round_trip(tmp_path):
     path = mobilenet.save(m, tmp_path / "ssd.safetensors", class_names=["a", "b"])
     back = mobilenet.load(path)
     assert isinstance(back, SSD) and back.config == m.config
-    assert back.weights_metadata["class_names"] == ["a", "b"]
+    assert back.weights_info.classes == ["a", "b"]
     x = torch.randn(1, 3, 96, 128)
     assert torch.equal(back(x)[1], m(x)[1])
 

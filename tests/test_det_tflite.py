@@ -30,7 +30,7 @@ def test_import_reads_config_from_the_file(model, detect_path):
     assert cfg.scale_factors == (10.0, 10.0, 5.0, 5.0)
     assert cfg.postprocess.nms_mode == "class_agnostic" and cfg.postprocess.score_fn == "sigmoid"
     assert cfg.postprocess.max_detections == 10 and cfg.postprocess.iou_threshold == pytest.approx(0.6)
-    names = model.weights_metadata["class_names"]
+    names = model.weights_info.classes
     assert len(names) == 90 and names[0] == "person" and names[17] == "dog"
     assert read_labelmap(detect_path.parent / "labelmap.txt", 90) == names
 
@@ -84,8 +84,7 @@ def test_import_records_the_interpreters_uint8_grids(model, detect_path, tmp_pat
     # a fused ReLU6 on an extra block narrows the grid to the integers of [0, 6]
     assert grids["extras.0.reduce"].quant_min == grids["extras.0.reduce"].zero_point
     assert grids["extras.0.reduce"].range[1] <= 6.0
-    path = save(model, tmp_path / "ssd.safetensors", class_names=model.weights_metadata["class_names"],
-                extra=model.weights_metadata["extra"])
+    path = save(model, tmp_path / "ssd.safetensors", info=model.weights_info)
     loaded = load(path)
     assert recorded_activation_grids(loaded) == grids
     assert can_run_exact(loaded)  # accumulator scales and the kernels' grids travel with the file too

@@ -12,6 +12,7 @@ from mobilenet.detection.datasets import read_voc
 from mobilenet.detection.synthetic import SHAPE_CLASSES, make_shapes_voc
 from mobilenet.detection.train import DetTrainConfig, train_detector
 from mobilenet.train_state import list_states
+from mobilenet.weights import WeightsInfo
 
 
 @pytest.fixture
@@ -134,7 +135,7 @@ def test_adopt_classes_renames_so_evaluation_does_not_map_by_the_old_names(tmp_p
     root = make_shapes_voc(tmp_path / "shapes", num_train=2, num_test=2, image_size=64, seed=5)
     test = read_voc(root, "test", SHAPE_CLASSES)
     model = SSD(SSDConfig(num_classes=5, width_mult=0.25, image_size=(64, 64))).eval()
-    model.weights_metadata = {"class_names": ["person", "car", "dog", "cat", "bird"], "extra": {"x": 1}}
+    model.weights_info = WeightsInfo(classes=["person", "car", "dog", "cat", "bird"], extra={"x": 1})
     with pytest.raises(ValueError, match="share no name"):  # what fine-tuning an import ran into
         evaluate_detector(model, test)
     cfg = DetTrainConfig(epochs=1, batch_size=2, optimizer="sgd", lr=1e-4, eval_every=0, device="cpu")
@@ -143,5 +144,5 @@ def test_adopt_classes_renames_so_evaluation_does_not_map_by_the_old_names(tmp_p
                        progress=False, log=lambda s: None)
     adopt_classes(model, list(SHAPE_CLASSES))
     assert model.config.num_classes == 3 and model.cls_heads[0].out_channels == 3 * 4
-    assert model.weights_metadata == {"class_names": list(SHAPE_CLASSES), "extra": {"x": 1}}
+    assert model.weights_info == WeightsInfo(classes=list(SHAPE_CLASSES), extra={"x": 1})
     assert evaluate_detector(model, test)["metric"] == "voc"

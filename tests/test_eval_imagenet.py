@@ -199,7 +199,7 @@ def _interpreter_top1(tflite: Path, photos: Path, weights: Path) -> float:
     from mobilenet.tflite.parity import tflite_outputs
 
     pairs = labelled_photos(photos)
-    pre = Preprocessing.from_dict(mobilenet.load(weights).weights_metadata["preprocessing"])  # the TF crop
+    pre = mobilenet.load(weights).weights_info.preprocessing  # the TF crop
     ref = tflite_outputs(tflite, photo_pixels([p for p, _ in pairs], pre))
     labels = [y for _, y in pairs]
     return 100.0 * compare(ref, ref, labels).ref_top1

@@ -14,6 +14,7 @@ from mobilenet.detection.ssd import SSD, SSDConfig
 from mobilenet.model import MobileNetV1
 from mobilenet.tflite.fidelity import add_activation_hooks, can_run_exact, recorded_activation_grids, uint8_activations
 from mobilenet.tflite.grid import ActivationGrid, logistic_table, requantize_table
+from mobilenet.weights import WeightsInfo
 from tests.conftest import shared_file
 
 RELU6_GRID = ActivationGrid(scale=6 / 255, zero_point=0)
@@ -51,9 +52,10 @@ def test_grid_from_a_recorded_range_is_the_same_grid():
 
 
 def _tiny_classifier(extra: dict) -> MobileNetV1:
+    """A tiny classifier carrying the record of a weights-file header whose ``extra`` is ``extra``."""
     torch.manual_seed(0)
     model = MobileNetV1(width_mult=0.25, resolution=32, num_classes=5, preset="tf").eval()
-    model.weights_metadata = {"extra": extra}
+    model.weights_info = WeightsInfo.from_header({"extra": extra})
     return model
 
 
@@ -111,7 +113,7 @@ def test_no_recorded_grids_is_a_clear_error():
     with pytest.raises(ValueError, match=r"from float\.h5 carries no recorded activation grids"):
         with uint8_activations(model):
             pass
-    del model.weights_metadata
+    del model.weights_info
     with pytest.raises(ValueError, match="no recorded activation grids"):
         recorded_activation_grids(model)
 
@@ -226,8 +228,8 @@ def _on_grid_classifier() -> tuple[MobileNetV1, dict[str, ActivationGrid]]:
                                               "quant_max": 127, "axis": 0}
             grids[name] = ActivationGrid.from_tflite(6 / 255, 0, activation="RELU6", accumulator_scale=(s_in * s_w,))
             s_in = grids[name].scale
-    model.weights_metadata = {"extra": {"activation_grids": {k: g.to_dict() for k, g in grids.items()},
-                                        "weight_quantization": weights}}
+    extra = {"activation_grids": {k: g.to_dict() for k, g in grids.items()}, "weight_quantization": weights}
+    model.weights_info = WeightsInfo.from_header({"extra": extra})
     return model, grids
 
 
@@ -243,7 +245,7 @@ def test_exact_mode_requantizes_the_integer_accumulator():
     assert logits.dtype == torch.float32 and seen["stem"].dtype == torch.float64
     # the stem by hand in integers: acc = sum (q_in - 128) * q_w over TF's SAME padding (0 top/left, 1 bottom/right)
     q_in = grids["input"].integers(x).double() - 128
-    s_w = model.weights_metadata["extra"]["weight_quantization"]["stem.conv.weight"]["scale"][0]
+    s_w = model.weights_info.quantization.weights["stem.conv.weight"].scale[0]
     q_w = torch.round(model.stem.conv.weight.detach().double() / s_w)
     acc = F.conv2d(F.pad(q_in, (0, 1, 0, 1)), q_w, stride=2)
     g = grids["stem"]
@@ -303,12 +305,11 @@ def test_exact_fidelity_gives_the_interpreters_uint8_softmax():
     pytest.importorskip("ai_edge_litert.interpreter", reason="the TF Lite reference needs ai-edge-litert")
     from mobilenet.convert import import_model
     from mobilenet.convert.parity import labelled_photos, photo_pixels, torch_logits
-    from mobilenet.preprocessing import Preprocessing
     from mobilenet.tflite.parity import tflite_outputs
 
     path = shared_file("weights", "tflite", "mobilenet_v1_0.25_128_quant.tflite")
     model = import_model(path)
-    pre = Preprocessing.from_dict(model.weights_metadata["preprocessing"])
+    pre = model.weights_info.preprocessing
     pixels = photo_pixels([p for p, _ in labelled_photos(shared_file("imagenet", "images"))[:8]], pre)
     ref = tflite_outputs(path, pixels)  # (8, 1001) uint8 softmax, dequantized (steps of 1/256)
     with uint8_activations(model) as exact:

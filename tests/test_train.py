@@ -136,8 +136,8 @@ def test_training_learns_and_writes_the_run_folder(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3] and all("val_top1" in r for r in rows)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     model = load(end["best"])
-    assert model.weights_metadata["class_names"] == CLASSES
-    assert model.weights_metadata["extra"]["train_config"]["ema_decay"] == 0.9
+    assert model.weights_info.classes == CLASSES
+    assert model.weights_info.training.config["ema_decay"] == 0.9
     assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 3
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     states = [p.name for p in list_states(tmp_path / "run")]

@@ -21,7 +21,7 @@ def test_demo_training_step_trains_evaluates_and_predicts(tmp_path, capsys):
         torch.set_num_threads(n)
     out = capsys.readouterr().out
     assert "epoch  2:" in out and "evaluation of" in out and out.count("test") >= 3
-    assert load(end["last"]).weights_metadata["class_names"] == [str(d) for d in range(10)]
+    assert load(end["last"]).weights_info.classes == [str(d) for d in range(10)]
     assert res["count"] > 300 and 0 <= res["top1"] <= 100 and len(list((tmp_path / "samples").glob("*.png"))) == 3
     assert end["history"][1]["train_loss"] < end["history"][0]["train_loss"]
     assert (tmp_path / "digits" / "metrics.jsonl").is_file() and (tmp_path / "digits" / "curves.png").is_file()

@@ -95,8 +95,8 @@ def evaluate_and_predict(weights: Path, out: Path, n_samples: int = 5) -> dict:
 
     model = load(weights)
     test = open_image_dataset("digits#test", transform=eval_transform(model_preprocessing(model)))
-    res = evaluate(model, torch.utils.data.DataLoader(test, batch_size=128), class_names=model.weights_metadata[
-        "class_names"], dataset_classes=test.class_names)
+    res = evaluate(model, torch.utils.data.DataLoader(test, batch_size=128), class_names=model.weights_info.classes,
+                   dataset_classes=test.class_names)
     print(f"evaluation of {weights} on digits#test: top-1 {res['top1']:.2f}%, top-5 {res['top5']:.2f}%, "
           f"loss {res['loss']:.4f} over {res['count']} images")
     samples = out / "samples"

@@ -199,8 +199,10 @@ def _print_metrics(r: dict[str, Any]) -> None:
 
 
 def _folded_bn(model: Any) -> bool:
-    meta = getattr(model, "weights_metadata", None) or {}
-    return (meta.get("extra") or {}).get("format") == "tflite"
+    from ..weights import weights_info
+
+    source = weights_info(model).source
+    return source is not None and source.format == "tflite"
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -325,8 +327,7 @@ def _convert(args: argparse.Namespace) -> int:
     from ..tflite.ssd import import_detect_tflite
 
     model = import_detect_tflite(args.src, args.labelmap)
-    meta = model.weights_metadata
-    path = save(model, args.out, class_names=meta["class_names"], extra=meta["extra"])
+    path = save(model, args.out, info=model.weights_info)
     print(f"wrote {path} (ssd_mobilenet_v1, width {model.config.width_mult}, {model.config.num_classes} classes)")
     return 0
 

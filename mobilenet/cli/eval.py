@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
     model = load(args.weights, map_location=device)
-    meta = model.weights_metadata
+    classes = model.weights_info.classes
     pre = model_preprocessing(model)
     if args.labels is None:
         ds = open_image_dataset(args.data, transform=eval_transform(pre))
@@ -72,10 +72,10 @@ def run(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore")
             # labels resolve against the weights' class list: names first, integers as indices into it
             ds = open_image_dataset(args.data, transform=eval_transform(pre), labels=args.labels,
-                                    class_names=meta.get("class_names"))
+                                    class_names=classes)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers,
                                          pin_memory=device.type == "cuda")
-    res = evaluate(model, loader, device=device, class_names=meta.get("class_names"),
+    res = evaluate(model, loader, device=device, class_names=classes,
                    dataset_classes=ds.class_names, confusion=args.confusion, amp=args.amp)
     if args.labels is not None:
         _drop_empty_classes(res)

@@ -38,9 +38,10 @@ def run(args: argparse.Namespace) -> int:
         if args.calib is None:
             raise ValueError("--format onnx-int8 needs --calib (a folder of images or a dataset)")
         from ..deploy.calibration import load_images
+        from ..weights import weights_info
 
-        pre = (getattr(model, "weights_metadata", None) or {}).get("preprocessing")
-        pre = Preprocessing.from_dict({**pre, "resolution": r}) if pre else Preprocessing.imagenet(r)
+        pre = weights_info(model).preprocessing
+        pre = Preprocessing.from_dict({**pre.to_dict(), "resolution": r}) if pre else Preprocessing.imagenet(r)
         calibration, _ = load_images(args.calib, pre, limit=args.num_calib)
     path = export(model, args.output, format=args.format, resolution=r, calibration=calibration, opset=args.opset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, {args.format}, input (batch, "

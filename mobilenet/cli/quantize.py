@@ -50,10 +50,10 @@ def _train_batches(args: argparse.Namespace, model, pre):  # -> Callable[[], Ite
 
     from ..data import open_image_dataset
     from ..evaluate import label_map
+    from ..weights import weights_info
 
-    meta = getattr(model, "weights_metadata", None) or {}
     ds = open_image_dataset(args.train, transform=pre)
-    mapping = torch.tensor(label_map(ds.class_names, meta.get("class_names"), model.num_classes))
+    mapping = torch.tensor(label_map(ds.class_names, weights_info(model).classes, model.num_classes))
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True,
                                          drop_last=len(ds) > args.batch_size,
                                          generator=torch.Generator().manual_seed(0))
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         save_quantized,
     )
     from ..preprocessing import Preprocessing
+    from ..weights import weights_info
     from ..zoo import VARIANTS
 
     backend = args.backend or ("onnxruntime" if args.output.endswith(".onnx") else "torch")
@@ -95,11 +96,10 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     model = load_model(args.weights)
-    meta = getattr(model, "weights_metadata", None) or {}
+    classes = weights_info(model).classes
     if args.weights in VARIANTS and not Path(args.weights).exists():
         print(f"note: {args.weights} has random weights; accuracy numbers are meaningless, timings are not")
-    pre = Preprocessing.from_dict(meta["preprocessing"]) if meta.get("preprocessing") else \
-        Preprocessing.imagenet(model.config.resolution)
+    pre = weights_info(model).preprocessing or Preprocessing.imagenet(model.config.resolution)
     calib, _ = load_images(args.calib, pre, limit=args.num_calib)
     example = calib[:1]
     ranges, grids = ({}, {}) if args.calibrated_ranges else recorded_grids(model)
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                 return model(x)
 
         if args.eval:
-            xs, ys = load_labelled(args.eval, pre, num_classes=model.num_classes, class_names=meta.get("class_names"),
+            xs, ys = load_labelled(args.eval, pre, num_classes=model.num_classes, class_names=classes,
                                    limit=args.num_eval)
         else:
             xs, ys = calib, None

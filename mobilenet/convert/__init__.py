@@ -80,12 +80,13 @@ def import_model(
     drop_background: bool = False,
     prototxt: str | os.PathLike[str] | None = None,
 ) -> MobileNetV1:
-    """Read foreign weights into a ``MobileNetV1`` (eval mode) with ``model.weights_metadata`` set
-    (class_names, preprocessing as a dict, extra: provenance), as ``mobilenet.load`` does.
+    """Read foreign weights into a ``MobileNetV1`` (eval mode) with ``model.weights_info`` set (class names,
+    preprocessing, source, the grids of a quantized file), as ``mobilenet.load`` does.
 
     ``width_mult`` is checked against the file (a mismatch is an error); ``resolution`` overrides what
     the file name/input shape says; ``drop_background`` turns a 1001-way TF classifier into 1000 classes.
     """
+    from ..weights import Source, WeightsInfo
     from .imported import assemble, build_model, default_class_labels
 
     fmt = detect_format(src) if format == "auto" else format
@@ -99,13 +100,11 @@ def import_model(
         from dataclasses import replace
 
         pre = replace(pre, resolution=cfg.resolution)
-    model.weights_metadata = {  # type: ignore[attr-defined]
-        "class_names": names, "preprocessing": pre.to_dict() if pre is not None else None,
-        "extra": {"source": imp.source, "format": fmt, "drop_background": drop_background, **imp.extra},
-    }
+    # human-readable names beside the WordNet ids in class_names
     labels = default_class_labels(cfg.num_classes) if names is not None and imp.class_names is None else None
-    if labels is not None:  # human-readable names beside the WordNet ids in class_names
-        model.weights_metadata["extra"]["class_labels"] = labels  # type: ignore[attr-defined]
+    model.weights_info = WeightsInfo(  # type: ignore[assignment]
+        classes=names, class_labels=labels, preprocessing=pre, quantization=imp.quantization,
+        source=Source(format=fmt, file=imp.source, details={"drop_background": drop_background, **imp.extra}))
     return model
 
 
@@ -133,7 +132,6 @@ def convert(
 ) -> Path:
     """Convert foreign weights to our weights file; returns its path (see :func:`import_model`)."""
     from ..checkpoint import save
-    from ..preprocessing import Preprocessing
 
     out_path = Path(out) if out is not None else default_output(src)
     if out_path.resolve() == Path(src).resolve():
@@ -144,14 +142,10 @@ def convert(
 
         if is_detection_tflite(src):  # TF Object Detection API SSD: a detector, not a classifier
             det = import_detect_tflite(src)
-            meta = det.weights_metadata  # type: ignore[attr-defined]
-            return save(det, out_path, class_names=meta["class_names"], extra=meta["extra"])
+            return save(det, out_path, info=det.weights_info)
     model = import_model(src, format, width_mult=width_mult, resolution=resolution,
                          drop_background=drop_background, prototxt=prototxt)
-    meta = model.weights_metadata  # type: ignore[attr-defined]
-    pre = Preprocessing.from_dict(meta["preprocessing"]) if meta["preprocessing"] else None
-    return save(model, out_path, class_names=meta["class_names"], preprocessing=pre,
-                extra=meta["extra"])
+    return save(model, out_path, info=model.weights_info)
 
 
 __all__ = ["FORMATS", "convert", "default_output", "detect_format", "import_model"]

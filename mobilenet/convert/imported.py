@@ -18,6 +18,7 @@ from ..checkpoint import load_state_strict
 from ..imagenet_classes import imagenet_class_names, imagenet_wnids
 from ..model import LAYERS, STEM_CHANNELS, MobileNetConfig, MobileNetV1, block_specs
 from ..preprocessing import Preprocessing
+from ..weights import Quantization
 
 NUM_UNITS = 1 + 2 * len(LAYERS)  # stem + (dw, pw) per block
 
@@ -76,7 +77,8 @@ class Imported:
     resolution: int | None = None
     preprocessing: Preprocessing | None = None
     class_names: list[str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    quantization: Quantization | None = None  # the grids of a quantized (QAT) file
+    extra: dict[str, Any] = field(default_factory=dict)  # more facts about the source (WeightsInfo.source.details)
 
 
 def default_class_names(num_classes: int) -> list[str] | None:

@@ -24,6 +24,7 @@ from torch import nn
 from ..checkpoint import load_state_strict, read, save
 from ..model import MobileNetConfig, MobileNetV1
 from ..preprocessing import Preprocessing
+from ..weights import WeightsInfo, weights_info
 
 ARCHITECTURE = "mobilenet_v1_folded"
 
@@ -94,18 +95,16 @@ def save_folded(
 ) -> Path:
     """Write a folded model in the weights-file format of :func:`mobilenet.save` (architecture ``mobilenet_v1_folded``).
 
-    ``class_names`` / ``preprocessing`` default to those in ``model.weights_metadata`` when present.
+    Everything in ``model.weights_info`` travels along; ``class_names`` / ``preprocessing`` / ``extra`` replace
+    or add to it.
     """
     if not isinstance(model, MobileNetV1) or not getattr(model, "bn_folded", False):
         raise TypeError("save_folded expects a MobileNetV1 returned by fold_bn")
-    source = getattr(model, "weights_metadata", None) or {}
-    if class_names is None:
-        class_names = source.get("class_names")
-    if preprocessing is None:
-        pre = source.get("preprocessing")
-        preprocessing = Preprocessing.from_dict(pre) if pre else Preprocessing.imagenet(model.config.resolution)
-    extra = {**source.get("extra", {}), **(extra or {}), "bn_folded": True}
-    return save(model, path, class_names=class_names, preprocessing=preprocessing, extra=extra)
+    info = weights_info(model)
+    if preprocessing is None and info.preprocessing is None:
+        preprocessing = Preprocessing.imagenet(model.config.resolution)
+    return save(model, path, info=info, class_names=class_names, preprocessing=preprocessing,
+                extra={**(extra or {}), "bn_folded": True})
 
 
 def load_folded(path: str | os.PathLike[str]) -> MobileNetV1:
@@ -121,5 +120,5 @@ def load_folded(path: str | os.PathLike[str]) -> MobileNetV1:
         model = fold_bn(model, inplace=True)  # type: ignore[assignment]
     else:
         raise ValueError(f"{path}: cannot fold architecture {arch!r} (expected mobilenet_v1)")
-    model.weights_metadata = meta  # type: ignore[assignment]
+    model.weights_info = WeightsInfo.from_header(meta)  # type: ignore[assignment]
     return model.eval()

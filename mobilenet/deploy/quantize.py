@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from ..checkpoint import atomic_write
 from ..model import MobileNetV1
+from ..weights import weights_info
 from .static import static_model
 
 ENGINES = ("x86", "fbgemm", "onednn")
@@ -203,21 +204,22 @@ def _cap_relu6_ranges(prepared: torch.fx.GraphModule, conv_names: set[str]) -> i
 
 
 def recorded_grids(model: nn.Module) -> tuple[dict[str, tuple[float, float]], dict[str, dict[str, Any]]]:
-    """(activation ranges, weight grids) an importer recorded in ``model.weights_metadata["extra"]``.
+    """(activation ranges, weight grids) an importer recorded in ``model.weights_info.quantization``.
 
-    A quantization-aware trained import (e.g. a uint8 ``.tflite``, see
-    :func:`mobilenet.tflite.classifier.quantization_grids`) carries the ranges its activations were
-    trained in (``activation_ranges``: ``input``, ``stem``, ``blocks.{i}.dw|pw``, ``classifier`` ->
-    [min, max]) and the grids its weights live on (``weight_quantization``: state-dict name ->
-    scale/zero_point/quant_min/quant_max). Empty dicts when the model has none.
+    A quantization-aware trained import (e.g. a uint8 ``.tflite``, see :mod:`mobilenet.tflite.classifier`)
+    carries the grids its activations were trained on (as ranges: ``input``, ``stem``, ``blocks.{i}.dw|pw``,
+    ``classifier`` -> [min, max]) and the grids its weights live on (state-dict name ->
+    scale/zero_point/quant_min/quant_max/axis). Empty dicts when the model has none.
     """
-    extra = (getattr(model, "weights_metadata", None) or {}).get("extra") or {}
-    ranges = {str(k): (float(v[0]), float(v[1])) for k, v in (extra.get("activation_ranges") or {}).items()}
+    q = weights_info(model).quantization
+    if q is None:
+        return {}, {}
+    ranges = q.activation_ranges()
     for name, (lo, hi) in ranges.items():
         if not lo <= 0 <= hi or lo == hi:
             raise ValueError(f"recorded activation range of {name!r} is [{lo}, {hi}]: it must contain 0 and not be "
                              "empty (quantized zero must be exact)")
-    return ranges, dict(extra.get("weight_quantization") or {})
+    return ranges, {k: g.to_dict() for k, g in q.weights.items()}
 
 
 def _observer_range_name(prepared: torch.fx.GraphModule, node: torch.fx.Node) -> str | None:
@@ -534,17 +536,17 @@ def quantize_qat(
 def model_metadata(model: nn.Module) -> dict[str, Any]:
     """What travels with a deployed file: config, class names and preprocessing of the source model."""
     config = getattr(model, "config", None)
-    source = getattr(model, "weights_metadata", None) or {}
-    pre = source.get("preprocessing")
+    info = weights_info(model)
+    pre = info.preprocessing
     if pre is None and config is not None:
         from ..preprocessing import Preprocessing
 
-        pre = Preprocessing.imagenet(config.resolution).to_dict()
+        pre = Preprocessing.imagenet(config.resolution)
     return {
-        "architecture": source.get("architecture", "mobilenet_v1"),
-        "config": config.to_dict() if config is not None else source.get("config"),
-        "class_names": source.get("class_names"),
-        "preprocessing": pre,
+        "architecture": "mobilenet_v1_folded" if getattr(model, "bn_folded", False) else "mobilenet_v1",
+        "config": config.to_dict() if config is not None else None,
+        "class_names": info.classes,
+        "preprocessing": pre.to_dict() if pre is not None else None,
     }
 
 

@@ -70,7 +70,7 @@ class StaticMobileNet(nn.Module):
 
     ``(B, in_chans, H, W) -> (B, num_classes)``, the same function as ``MobileNetV1.forward``.
     The pooling is an ``nn.AdaptiveAvgPool2d`` module (quantization backends have a kernel for it).
-    ``config`` and ``weights_metadata`` are carried over from the source model.
+    ``config``, ``bn_folded`` and ``weights_info`` are carried over from the source model.
     """
 
     def __init__(self, model: MobileNetV1) -> None:
@@ -85,9 +85,10 @@ class StaticMobileNet(nn.Module):
         self.classifier = model.classifier
         # Static flag, resolved now, so the traced graph has no isinstance check in it.
         self.conv_head = isinstance(model.classifier, nn.Conv2d)
-        meta = getattr(model, "weights_metadata", None)
-        if meta is not None:
-            self.weights_metadata = meta
+        self.bn_folded = getattr(model, "bn_folded", False)
+        info = getattr(model, "weights_info", None)
+        if info is not None:
+            self.weights_info = info
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.blocks(self.stem(x)))  # (B, C, 1, 1)

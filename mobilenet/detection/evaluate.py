@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..weights import weights_info
 from .augment import EvalTransform, collate
 from .datasets import DetectionDataset
 from .metrics import coco_evaluate, kitti_evaluate, voc_evaluate
@@ -87,7 +88,7 @@ def evaluate_detector(model: Any, dataset: DetectionDataset, *, metric: str = "v
     """Predict then score: the metric dict of ``score_detections``. A model whose saved class names
     differ from the dataset's is scored on the classes the two share by name (``remap_labels``)."""
     dets = predict_dataset(model, dataset, batch_size=batch_size, device=device, workers=workers, progress=progress)
-    names = (getattr(model, "weights_metadata", None) or {}).get("class_names")
+    names = weights_info(model).classes
     if names and list(names) != list(dataset.class_names):
         dets = remap_labels(dets, names, dataset.class_names)
     return score_detections(dets, dataset, metric)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ..checkpoint import atomic_write
+from ..weights import weights_info
 from .boxes import clip_boxes
 from .datasets import IMAGE_SUFFIXES
 from .draw import draw_detections
@@ -47,8 +48,7 @@ def model_input(image: Image.Image, model: SSD) -> torch.Tensor:
 
 
 def class_names_of(model: SSD) -> list[str]:
-    meta = getattr(model, "weights_metadata", None) or {}
-    names = meta.get("class_names")
+    names = weights_info(model).classes
     return list(names) if names else [f"class_{k}" for k in range(model.config.num_classes)]
 
 

@@ -22,6 +22,7 @@ from ..checkpoint import save
 from ..config import coerce, flatten_tables, read_toml
 from ..optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_multiplier
 from ..train_state import Progress, find_resume, load_state, save_state
+from ..weights import weights_info
 from .augment import TrainTransform, collate
 from .datasets import DetectionDataset
 from .evaluate import evaluate_detector
@@ -144,12 +145,11 @@ class DetSetup:
 
 def adopt_classes(model: SSD, class_names: list[str]) -> None:
     """Make ``model`` a detector of ``class_names`` (fine-tuning): new class predictors when the count
-    differs, and the names recorded in ``model.weights_metadata``, so that evaluation does not map the new
+    differs, and the names recorded in ``model.weights_info``, so that evaluation does not map the new
     labels by the old names (``evaluate.remap_labels``, e.g. the COCO names of an imported model)."""
     if model.config.num_classes != len(class_names):
         model.reset_classes(len(class_names))
-    meta = dict(getattr(model, "weights_metadata", None) or {})
-    model.weights_metadata = {**meta, "class_names": list(class_names)}  # type: ignore[assignment]
+    model.weights_info = weights_info(model).replace(classes=list(class_names))  # type: ignore[assignment]
 
 
 def set_input_size(model: SSD, image_size: tuple[int, int]) -> bool:

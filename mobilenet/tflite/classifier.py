@@ -8,28 +8,26 @@ The input quantization (uint8, scale 1/128, zero point 128) becomes the preproce
 x_float = (pixel - 128) / 128.
 
 A quantized (quantization-aware trained) file also tells us the grids the model was trained to run
-on; they are recorded in the weights' ``extra`` metadata for ``mobilenet quantize`` to reuse
-(:func:`quantization_grids`): ``activation_ranges`` (the float range [min, max] of the input and of
-the output of each conv-bn-act unit and of the logits, keyed ``input``, ``stem``, ``blocks.{i}.dw``,
-``blocks.{i}.pw``, ``classifier``) and ``weight_quantization`` (per conv weight of our state dict:
-``scale``, ``zero_point``, ``quant_min``, ``quant_max``, one entry per tensor or per output channel).
-``activation_grids`` holds the exact activation grids (scale, zero point, clamp of a fused ReLU6) for
-:func:`mobilenet.tflite.fidelity.uint8_activations` (:func:`activation_grids`).
+on; the import records them (:class:`mobilenet.weights.Quantization`) for ``mobilenet quantize`` and
+:func:`mobilenet.tflite.fidelity.uint8_activations` to reuse: the exact grid (scale, zero point, clamp of
+a fused ReLU6) of the input, of each conv-bn-act unit's output (``stem``, ``blocks.{i}.dw``,
+``blocks.{i}.pw``), of the pool and of the logits (:func:`activation_grids`), and the grid of every
+kernel by its state-dict name (:func:`weight_grids`, one scale per tensor or per output channel).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..convert.imported import ConvUnit, Imported, depthwise_1hwc_to_oihw, ohwi_to_oihw
 from ..model import LAYERS, STEM_STRIDE
 from ..preprocessing import Preprocessing
+from ..weights import Quantization, WeightGrid
 from .format import TFLiteModel, TFLiteOperator, read_tflite
-from .grid import ActivationGrid, conv_output_grid, float_range, tensor_grid, weight_grid
+from .grid import ActivationGrid, conv_output_grid, tensor_grid, weight_grid
 
 _CONVS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 # Ops that carry no weights in a classifier graph; anything else is refused (not a plain MobileNet v1).
@@ -46,33 +44,16 @@ def _constant(model: TFLiteModel, index: int, what: str) -> np.ndarray:
     return values
 
 
-def quantization_grids(model: TFLiteModel, units: list[TFLiteOperator], head: TFLiteOperator | None
-                       ) -> tuple[dict[str, list[float]], dict[str, dict[str, Any]]]:
-    """(activation ranges, weight grids) of a quantized MobileNet v1 file, keyed by our module/state names.
+def weight_grids(model: TFLiteModel, units: list[TFLiteOperator], head: TFLiteOperator | None
+                 ) -> dict[str, WeightGrid]:
+    """The grids of a quantized MobileNet v1 file's kernels, keyed by our state-dict names (empty: a float file).
 
     ``units``: the 27 conv ops in order (stem, then dw/pw per block); ``head``: the classifier op or None.
-    Empty dicts for a float file.
     """
-    ranges: dict[str, list[float]] = {}
-    weights: dict[str, dict[str, Any]] = {}
-    first = float_range(model.tensors[units[0].inputs[0]])
-    if first is not None:
-        ranges["input"] = first
-    for name, op in zip(UNIT_NAMES, units, strict=True):
-        r = float_range(model.tensors[op.outputs[0]])
-        if r is not None:
-            ranges[name] = r
-        grid = weight_grid(model, op.inputs[1])
-        if grid is not None:
-            weights[f"{name}.conv.weight"] = grid
+    ops = [(f"{name}.conv.weight", op) for name, op in zip(UNIT_NAMES, units, strict=True)]
     if head is not None:
-        r = float_range(model.tensors[head.outputs[0]])
-        if r is not None:
-            ranges["classifier"] = r
-        grid = weight_grid(model, head.inputs[1])
-        if grid is not None:
-            weights["classifier.weight"] = grid
-    return ranges, weights
+        ops.append(("classifier.weight", head))
+    return {name: WeightGrid.from_dict(g) for name, op in ops if (g := weight_grid(model, op.inputs[1])) is not None}
 
 
 def activation_grids(model: TFLiteModel, units: list[TFLiteOperator], head: TFLiteOperator | None
@@ -146,14 +127,9 @@ def import_tflite(path: str | os.PathLike[str]) -> Imported:
     else:
         pre = Preprocessing.tf(resolution)
     quantized = any(model.tensors[op.inputs[1]].is_quantized for op in convs)
-    extra: dict[str, Any] = {"quantized": quantized, "input_dtype": inp.dtype}
-    ranges, weight_grids = quantization_grids(model, convs[:n_body], head)
-    if ranges:
-        extra["activation_ranges"] = ranges
     grids = activation_grids(model, convs[:n_body], head)
-    if grids:
-        extra["activation_grids"] = {k: g.to_dict() for k, g in grids.items()}
-    if weight_grids:
-        extra["weight_quantization"] = weight_grids
+    kernels = weight_grids(model, convs[:n_body], head)
     return Imported(units=units, classifier_weight=cls_w, classifier_bias=cls_b, preset="tf", format="tflite",
-                    source=Path(src).name, resolution=resolution, preprocessing=pre, extra=extra)
+                    source=Path(src).name, resolution=resolution, preprocessing=pre,
+                    quantization=Quantization(activations=grids, weights=kernels) if grids or kernels else None,
+                    extra={"quantized": quantized, "input_dtype": inp.dtype})

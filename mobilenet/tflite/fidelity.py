@@ -21,10 +21,11 @@ a softmax rounded to 1/256 give the interpreter's uint8 probabilities on all 100
 TF Lite's other kernel sets (``builtin``, ``reference``) requantize with fixed-point multipliers
 and differ from XNNPACK by one step here and there; ``kernels=`` reproduces either, also bit for bit.
 
-The importers record the grids in the weights' ``extra`` metadata, so they survive save/load:
+The importers record the grids in the weights' record (``model.weights_info.quantization``, a
+:class:`mobilenet.weights.Quantization`), so they survive save/load:
 
-* ``activation_grids``: name -> ``{"scale", "zero_point", "quant_min", "quant_max",
-  "accumulator_scale"}``, exactly as in the file (:class:`~mobilenet.tflite.grid.ActivationGrid`). Names are our module
+* ``activations``: name -> :class:`~mobilenet.tflite.grid.ActivationGrid` (scale, zero point, quant_min,
+  quant_max, accumulator scale), exactly as in the file. Names are our module
   names (a forward hook rounds the module's output: ``stem``, ``blocks.3.pw``, ``classifier``;
   ``backbone.blocks.0.dw``, ``extras.1.conv``, ``box_heads.2``, ``cls_heads.5`` in the SSD) or one
   of the special points:
@@ -41,9 +42,9 @@ The importers record the grids in the weights' ``extra`` metadata, so they survi
                             post-processing gives the interpreter's scores
   ========================  =====================================================================
 
-* ``activation_ranges`` (older imports, :func:`mobilenet.deploy.quantize.recorded_grids`): name ->
-  [min, max]; a 256-level grid is derived from it (scale (max - min) / 255, zero point -min / scale).
-* ``weight_quantization`` (state-dict name -> kernel grid): exact mode snaps the weights onto it.
+* ``ranges`` (older imports): name -> [min, max]; a 256-level grid is derived from it (scale
+  (max - min) / 255, zero point -min / scale).
+* ``weights`` (state-dict name -> :class:`~mobilenet.weights.WeightGrid`): exact mode snaps the weights onto it.
 
 Usage::
 
@@ -61,32 +62,34 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..weights import BOX_ENCODINGS, CLASS_LOGITS, CLASS_SCORES, INPUT, POINTS, POOL, WeightGrid, weights_info
 from .grid import KERNELS, ActivationGrid, logistic_table, requantize_table
 
-# Points that are not module outputs (see the module docstring).
-INPUT, POOL = "input", "pool"
-SSD_OUTPUTS = ("box_encodings", "class_logits")  # elements 0 and 1 of an SSD's (boxes, logits) output
-SCORES = "class_scores"
+SSD_OUTPUTS = (BOX_ENCODINGS, CLASS_LOGITS)  # elements 0 and 1 of an SSD's (boxes, logits) output
+SCORES = CLASS_SCORES
 
 
 def recorded_activation_grids(model: nn.Module) -> dict[str, ActivationGrid]:
-    """The activation grids an importer recorded in ``model.weights_metadata["extra"]`` (see module doc).
+    """The activation grids an importer recorded in ``model.weights_info.quantization`` (see module doc).
 
-    Exact ``activation_grids`` win; names only in ``activation_ranges`` get the 256-level grid of
-    their range. Raises ``ValueError`` when the model carries neither (not a quantized import).
+    Exact grids win; names only in the ranges of an older import get the 256-level grid of their range.
+    Raises ``ValueError`` when the model carries neither (not a quantized import).
     """
-    from ..deploy.quantize import recorded_grids
-
-    extra = (getattr(model, "weights_metadata", None) or {}).get("extra") or {}
-    ranges, _ = recorded_grids(model)
-    grids = {name: ActivationGrid.from_range(lo, hi) for name, (lo, hi) in ranges.items()}
-    grids.update({str(k): ActivationGrid.from_dict(v) for k, v in (extra.get("activation_grids") or {}).items()})
+    info = weights_info(model)
+    q = info.quantization
+    grids = {name: ActivationGrid.from_range(lo, hi) for name, (lo, hi) in (q.ranges if q else {}).items()}
+    grids.update(q.activations if q else {})
     if not grids:
-        source = extra.get("source", "this model")
+        source = info.source.file if info.source and info.source.file else "this model"
         raise ValueError(f"{type(model).__name__} from {source} carries no recorded activation grids "
-                         "(weights_metadata['extra'] has no 'activation_grids' or 'activation_ranges'): "
+                         "(its weights_info has no quantization grids or ranges): "
                          "only an import of a quantized .tflite file has them")
     return grids
+
+
+def _weight_grids(model: nn.Module) -> dict[str, WeightGrid]:
+    q = weights_info(model).quantization
+    return q.weights if q else {}
 
 
 def _logits_of(p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -152,15 +155,13 @@ def _weight_name(modules: dict[str, nn.Module], name: str) -> str | None:
 
 
 def _special(name: str) -> bool:
-    return name in (INPUT, POOL, *SSD_OUTPUTS, SCORES)
+    return name in POINTS
 
 
 def can_run_exact(model: nn.Module, grids: dict[str, ActivationGrid] | None = None) -> bool:
     """True if every recorded conv output has an accumulator scale and its weight a recorded grid."""
-    from ..deploy.quantize import recorded_grids
-
     grids = recorded_activation_grids(model) if grids is None else grids
-    weights = recorded_grids(model)[1]
+    weights = _weight_grids(model)
     modules = dict(model.named_modules())
     units = [n for n in grids if not _special(n)]
     return bool(units) and all(grids[n].accumulator_scale and _weight_name(modules, n) in weights for n in units)
@@ -214,13 +215,13 @@ def add_activation_hooks(model: nn.Module, grids: dict[str, ActivationGrid] | No
     return handles
 
 
-def _snap_weights(model: nn.Module, names: list[str], weight_grids: dict[str, dict[str, Any]]) -> None:
+def _snap_weights(model: nn.Module, names: list[str], weight_grids: dict[str, WeightGrid]) -> None:
     """Put each named weight exactly on its recorded grid (its float32 copy is off by up to half an ulp)."""
     state = dict(model.named_parameters())
     with torch.no_grad():
         for name in names:
             w = state[name]
-            scale = torch.tensor(weight_grids[name]["scale"], dtype=w.dtype, device=w.device)
+            scale = torch.tensor(weight_grids[name].scale, dtype=w.dtype, device=w.device)
             scale = scale.reshape(-1, *([1] * (w.ndim - 1))) if scale.numel() > 1 else scale
             w.copy_(torch.round(w / scale) * scale)
 
@@ -238,8 +239,6 @@ def uint8_activations(model: nn.Module, grids: dict[str, ActivationGrid] | None 
     rounded to its grid. Outputs keep the model's dtype. On exit (also after an exception) the
     hooks are removed and the model's dtype and weights restored.
     """
-    from ..deploy.quantize import recorded_grids
-
     if kernels not in KERNELS:
         raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
     grids = recorded_activation_grids(model) if grids is None else grids
@@ -259,8 +258,7 @@ def uint8_activations(model: nn.Module, grids: dict[str, ActivationGrid] | None 
             saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
             modules = dict(model.named_modules())
             model.double()
-            _snap_weights(model, [_weight_name(modules, n) for n in grids if not _special(n)],
-                          recorded_grids(model)[1])
+            _snap_weights(model, [_weight_name(modules, n) for n in grids if not _special(n)], _weight_grids(model))
     try:
         handles = add_activation_hooks(model, grids, exact=exact, kernels=kernels)
         if exact:

@@ -29,6 +29,7 @@ from ..checkpoint import load_state_strict
 from ..detection.postprocess import PostprocessConfig
 from ..detection.ssd import SSD, SSDConfig
 from ..model import STEM_CHANNELS
+from ..weights import Quantization, Source, WeightGrid, WeightsInfo
 from .fidelity import SCORES, SSD_OUTPUTS
 from .format import TFLiteModel, TFLiteOperator, read_tflite
 from .grid import ActivationGrid, conv_output_grid, tensor_grid, weight_grid
@@ -121,7 +122,7 @@ def read_labelmap(path: str | os.PathLike[str], num_classes: int) -> list[str]:
 
 
 def import_detect_tflite(path: str | os.PathLike[str], labelmap: str | os.PathLike[str] | None = None) -> SSD:
-    """Read ``detect.tflite`` into an ``SSD`` (eval mode) with ``weights_metadata`` (class names, provenance).
+    """Read ``detect.tflite`` into an ``SSD`` (eval mode) with ``weights_info`` (class names, source, grids).
 
     ``labelmap`` defaults to ``labelmap.txt`` beside the file; without one, classes are named ``class_k``.
     """
@@ -187,20 +188,14 @@ def import_detect_tflite(path: str | os.PathLike[str], labelmap: str | os.PathLi
     if labelmap is None and (path.parent / "labelmap.txt").is_file():
         labelmap = path.parent / "labelmap.txt"
     names = read_labelmap(labelmap, num_classes) if labelmap else [f"class_{k}" for k in range(num_classes)]
-    extra: dict[str, Any] = {"source": str(path), "format": "tflite", "postprocess_op": opts}
     grids = activation_grids(tfl, [(op, m[0]) for op, m in named], post)
-    if grids:  # a quantized file: the grids it ran on (mobilenet.tflite.fidelity.uint8_activations)
-        extra["activation_grids"] = {k: g.to_dict() for k, g in grids.items()}
-        modules = dict(model.named_modules())
-        # the tensors' whole uint8 ranges (as the classifier importer records them, for `mobilenet quantize`)
-        extra["activation_ranges"] = {k: [(0 - g.zero_point) * g.scale, (255 - g.zero_point) * g.scale]
-                                      for k, g in grids.items() if k == "input" or k in modules}
-    weights = {f"{prefix}.conv.weight" if has_bn else f"{prefix}.weight": weight_grid(tfl, op.inputs[1])
+    kernels = {f"{prefix}.conv.weight" if has_bn else f"{prefix}.weight": weight_grid(tfl, op.inputs[1])
                for op, (prefix, has_bn) in named}
-    if all(g is not None for g in weights.values()):  # the kernels' grids (box heads: per tensor, order-free)
-        extra["weight_quantization"] = weights
-    model.weights_metadata = {  # type: ignore[attr-defined]
-        "class_names": names,
-        "extra": extra,
-    }
+    # a quantized file: the grids it ran on (mobilenet.tflite.fidelity.uint8_activations, `mobilenet quantize`);
+    # the kernels' grids only when every kernel has one (box heads: per tensor, order-free)
+    weights = {k: WeightGrid.from_dict(g) for k, g in kernels.items() if g is not None} \
+        if all(g is not None for g in kernels.values()) else {}
+    model.weights_info = WeightsInfo(  # type: ignore[assignment]
+        classes=names, source=Source(format="tflite", file=str(path), details={"postprocess_op": opts}),
+        quantization=Quantization(activations=grids, weights=weights) if grids or weights else None)
     return model.eval()
