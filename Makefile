@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # The pinned CPU wheel; on another machine `make TORCH=torch demo` takes whatever torch pip finds.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean gpu-suite
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ demo: install
 
 test: $(VENV)/.test-extras
 	$(BIN)/python -m pytest -q
+
+# Every GPU measurement in one call (benchmarks/gpu_suite.py); on a machine without a GPU add ARGS=--dry-run.
+gpu-suite:
+	PYTHONPATH=. $(PYTHON) benchmarks/gpu_suite.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check mobilenet tests benchmarks

@@ -6,23 +6,19 @@ Run as a script in a child process by ``tests/test_convert_timm.py``::
 
 It writes ``OUT_DIR/model.safetensors`` (timm's state dict, BN statistics randomized so they matter),
 ``OUT_DIR/io.safetensors`` (input ``x`` NCHW and timm's ``logits``) and ``OUT_DIR/pretrained_cfg.json``.
-timm imports torchvision at module level, but only for data transforms and a frozen-BN helper the model
-never calls. Where torchvision is not installed (this project's CPU machines: its wheels pull a CUDA
-torch), empty stand-in modules are registered first; that is why this runs in its own process.
+timm is imported through ``benchmarks/timm_peer.py``, which registers stand-ins for torchvision where it is not
+installed; that is why this runs in its own process.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from unittest import mock
 
-TORCHVISION_MODULES = ("torchvision", "torchvision.ops", "torchvision.ops.misc", "torchvision.transforms",
-                       "torchvision.transforms.functional", "torchvision.transforms.v2", "torchvision.datasets",
-                       "torchvision.io", "torchvision.models")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timm_peer import import_timm  # noqa: E402
 
 
 def main() -> None:
@@ -32,10 +28,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if importlib.util.find_spec("torchvision") is None:
-        for name in TORCHVISION_MODULES:
-            sys.modules[name] = mock.MagicMock(__name__=name)
-    import timm
+    timm = import_timm()
     import torch
     from safetensors.torch import save_file
 
