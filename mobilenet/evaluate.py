@@ -5,7 +5,9 @@ train mode is a classic bug that silently scores a different network) and restor
 mode afterwards. Dataset labels can be mapped onto the model's class list by name
 (``label_map``), so a folder holding only some of the classes (e.g. 3 ImageNet WordNet ids) is
 scored against the right output units. Under DDP every rank scores its shard and the sums are
-all-reduced, so the numbers are over the whole set.
+all-reduced, so the numbers are over the whole set. Feed it ``mobilenet.data.make_eval_loader``
+batches: an unreadable image is then left out and listed (``batches.skipped``), never replaced by
+another image that would be scored under the wrong class; ``count`` is the images actually scored.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import all_reduce_sum
+from .predict import check_finite, require_classifier
 
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1,)) -> list[torch.Tensor]:
@@ -69,6 +72,7 @@ def evaluate(
     cross-entropy), ``count``, ``per_class`` ({name: {count, top1}}) and, if asked, ``confusion``
     (rows: true dataset class, columns: predicted model class).
     """
+    require_classifier(model)
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -88,6 +92,7 @@ def evaluate(
             with ctx:
                 logits = model(x)
             logits = logits.float()
+            check_finite(logits)  # NaN logits would still "score" (argmax picks some class): never a result
             if num_outputs is None:
                 num_outputs = logits.shape[1]
                 ds_classes = dataset_classes if dataset_classes is not None else [str(i) for i in range(num_outputs)]
@@ -113,6 +118,10 @@ def evaluate(
     finally:
         model.train(was_training)
     if sums is None:
+        skipped = list(getattr(batches, "skipped", []))
+        if skipped:
+            first = "; ".join(f"{name}: {reason}" for name, reason in skipped[:3])
+            raise ValueError(f"no readable image to evaluate: all {len(skipped)} file(s) were left out (e.g. {first})")
         raise ValueError("no data to evaluate: the dataset is empty")
     for t in (sums, per_class_count, per_class_correct) + ((conf,) if conf is not None else ()):
         all_reduce_sum(t)

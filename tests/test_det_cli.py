@@ -53,7 +53,7 @@ def test_train_eval_predict_round_trip(tmp_path, capsys, one_thread):
     assert len(results) == 4 and all(r["detections"] for r in results)
     d = results[0]["detections"][0]
     assert set(d) == {"box", "score", "label", "class_id"} and d["label"] in SHAPE_CLASSES
-    assert len(list(pics.glob("*.jpg"))) == 4 and (pics / "detections.json").is_file()
+    assert len(list(pics.glob("*.png"))) == 4 and (pics / "detections.json").is_file()  # PNG stays PNG
 
     # scoring saved predictions gives the same mAP as evaluating the model (same detections, rounded)
     metrics2 = tmp_path / "m2.json"

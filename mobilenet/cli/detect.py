@@ -315,6 +315,9 @@ def _predict(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=1))
     else:
         for r in results:
+            if "error" in r:
+                print(f"{r['image']}: {r['error']}")
+                continue
             print(f"{r['image']}: {len(r['detections'])} detection(s)")
             for d in r["detections"]:
                 x1, y1, x2, y2 = d["box"]
@@ -359,8 +362,8 @@ def _export(args: argparse.Namespace) -> int:
 def _calibration(model: Any, inputs: list[str], count: int) -> Any:
     """(N, 3, H, W) model inputs from the first ``count`` images under ``inputs``."""
     import torch
-    from PIL import Image
 
+    from ..data.decode import ImageDecodeError, read_image
     from ..detection.predict import list_images, model_input
 
     paths = list_images(inputs)[:count]
@@ -369,9 +372,11 @@ def _calibration(model: Any, inputs: list[str], count: int) -> Any:
     inputs_ = []
     for p in paths:
         try:
-            inputs_.append(model_input(Image.open(p), model))
-        except OSError as e:
-            raise ValueError(f"{p}: not a readable image ({e})") from None
+            inputs_.append(model_input(read_image(p), model))
+        except ImageDecodeError as e:  # left out and reported, never replaced by another image
+            print(f"mobilenet detect export: calibration image left out: {e}", file=sys.stderr)
+    if not inputs_:
+        raise ValueError(f"no readable calibration image in {' '.join(inputs)}")
     return torch.stack(inputs_)
 
 

@@ -5,10 +5,15 @@ plus ``ds.class_names`` (list[str]), ``ds.targets`` (list[int]) and ``ds.skipped
 
 Bad files, the policy (documented in the README): a cheap scan-time check (``sniff``: first and last bytes)
 drops empty, non-image and visibly truncated files before training starts, with a warning summary. A file that
-still fails to decode at load time does not raise inside a DataLoader worker: ``__getitem__`` records it in
-``skipped``, warns once, and returns the next readable sample instead (with that sample's own label), so a batch
-keeps its size and every image keeps its correct label. Only when many consecutive files fail does it raise.
-(In worker processes ``skipped`` grows in the worker's copy; the warning is what reaches the console.)
+still fails to decode at load time is handled by purpose:
+
+* training (``ds[i]``): ``__getitem__`` records it in ``skipped``, warns, and returns the next readable sample
+  instead (with that sample's own label), so a batch keeps its size and every image keeps its correct label.
+  Only when many consecutive files fail does it raise. (In worker processes ``skipped`` grows in the worker's
+  copy; the warning is what reaches the console.)
+* evaluation, calibration, prediction (``LeaveOutUnreadable``, used by ``make_eval_loader``): a stand-in would
+  be scored twice under the wrong class, so the image is left out and listed (``Unreadable(name, reason)``
+  travels through the DataLoader to the caller instead of a sample).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -28,6 +33,13 @@ from .decode import ImageDecodeError, decode_image, decode_image_array
 MAX_CONSECUTIVE_FAILURES = 16
 
 Transform = Callable[[Image.Image], Any]
+
+
+class Unreadable(NamedTuple):
+    """What ``LeaveOutUnreadable`` returns in place of a sample whose file cannot be decoded."""
+
+    name: str
+    reason: str
 
 
 class ByteReader(Protocol):
@@ -65,12 +77,16 @@ class ImageDataset(torch.utils.data.Dataset):
         """A human-readable name for sample ``index`` (file path inside the source, or ``source[index]``)."""
         return f"[{index}]"
 
-    def get(self, index: int, transform: Transform | None) -> tuple[Any, int]:
-        """``(transform(image), label)`` for ``index``; unreadable files are replaced (see module docstring)."""
+    def get(self, index: int, transform: Transform | None, *, replace_unreadable: bool = True) -> tuple[Any, int]:
+        """``(transform(image), label)`` for ``index``; unreadable files are replaced by the next readable one
+        (see module docstring), or, with ``replace_unreadable=False``, raise ``ImageDecodeError``."""
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} images")
         index %= n
+        if not replace_unreadable:
+            image = self.load_image(index)
+            return (image if transform is None else transform(image)), self.targets[index]
         for attempt in range(MAX_CONSECUTIVE_FAILURES):
             i = (index + attempt) % n
             try:
@@ -86,6 +102,37 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         return self.get(index, self.transform)
+
+
+class LeaveOutUnreadable(torch.utils.data.Dataset):
+    """The evaluation view of an ``ImageDataset``: ``ds[i]`` is ``(transform(image), label)``, or
+    ``Unreadable(name, reason)`` when the file cannot be decoded (never another image in its place).
+
+    Batch it with ``collate_readable`` (``make_eval_loader`` does both).
+    """
+
+    def __init__(self, base: ImageDataset, transform: Transform | None = None) -> None:
+        self.base = base
+        self.transform = base.transform if transform is None else transform
+        self.class_names = base.class_names
+        self.targets = base.targets
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """Files the scan already left out (decode-time failures travel with the batches)."""
+        return self.base.skipped
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[Any, int] | Unreadable:
+        try:
+            return self.base.get(index, self.transform, replace_unreadable=False)
+        except ImageDecodeError as error:
+            return Unreadable(self.base.sample_name(index), str(error).split(": ", 1)[-1])
+
+    def __repr__(self) -> str:
+        return f"LeaveOutUnreadable({self.base!r})"
 
 
 class EncodedImageDataset(ImageDataset):

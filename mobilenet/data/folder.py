@@ -25,6 +25,16 @@ def _hidden(parts: Sequence[str]) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" for p in parts)
 
 
+def unsafe_path(path: str) -> bool:
+    """True for a member name that points outside its archive: absolute (``/x``, ``C:/x``) or through ``..``.
+
+    Such names come from hand-made or malicious archives; read as a tree they would add a class (``etc``, ``..``)."""
+    if path.startswith(("/", "\\")):
+        return True
+    parts = path.replace("\\", "/").split("/")
+    return ".." in parts or (len(parts[0]) == 2 and parts[0][1] == ":")
+
+
 def index_tree(paths: Iterable[str], class_names: Sequence[str] | None = None, *, strip_single_top: bool = False,
                source: str = "") -> tuple[list[tuple[str, int]], list[str], list[tuple[str, str]]]:
     """Label the files of an ImageFolder tree.
@@ -38,7 +48,8 @@ def index_tree(paths: Iterable[str], class_names: Sequence[str] | None = None, *
 
     Returns:
         ``(samples, class_names, skipped)``: samples are ``(path, label)`` sorted by path; skipped lists
-        ``(path, reason)`` for non-image files, files outside a class folder and empty class folders.
+        ``(path, reason)`` for non-image files, files outside a class folder, empty class folders and paths
+        that point outside the tree (absolute, or through ``..``: ignored, so they cannot add a class).
 
     Raises:
         ValueError: no image in any class folder, or folders that are not in ``class_names``.
@@ -46,7 +57,12 @@ def index_tree(paths: Iterable[str], class_names: Sequence[str] | None = None, *
     files: list[tuple[str, ...]] = []
     original: dict[tuple[str, ...], str] = {}  # parts -> the name to read it by (e.g. "./cat/1.jpg" in a tar)
     dirs: set[tuple[str, ...]] = set()
+    skipped: list[tuple[str, str]] = []
     for path in paths:
+        if unsafe_path(path):
+            if not path.endswith("/"):
+                skipped.append((path, "unsafe path (absolute or through '..'): ignored"))
+            continue
         parts = tuple(p for p in path.split("/") if p not in ("", "."))
         if not parts or _hidden(parts):
             continue
@@ -56,7 +72,6 @@ def index_tree(paths: Iterable[str], class_names: Sequence[str] | None = None, *
             files.append(parts)
             original[parts] = path
             dirs.update(parts[:k] for k in range(1, len(parts)))
-    skipped: list[tuple[str, str]] = []
     prefix: tuple[str, ...] = ()  # leading folders stripped, e.g. ("train",)
     if strip_single_top:
         images = [f for f in files if has_image_extension(f[-1])]

@@ -4,6 +4,8 @@
 ``../shared/data/imagenet/images``) or anything :func:`mobilenet.data.open_image_dataset` opens
 (``digits#test``, ``cifar10:PATH#test``, an archive). Labels for accuracy come from the dataset,
 or, for a flat folder of ImageNet photos named ``<wnid>_*.JPEG``, from the WordNet id in the name.
+An image that cannot be read (truncated, not an image, a decompression bomb) is left out and
+reported in one warning, never replaced by a copy of another (which would skew the calibration).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import os
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
+from ..data.dataset import ImageDataset, warn_skipped
+from ..data.decode import ImageDecodeError, read_image
 from ..preprocessing import Preprocessing
 
 
@@ -56,19 +59,41 @@ def load_images(
         if not files:
             raise ValueError(f"no images found in {path}")
         picked = [files[i] for i in _spread(len(files), limit)]
-        tensors = []
+        tensors, names, skipped = [], [], []
         for p in tqdm(picked, desc="images", disable=not progress, leave=False):
-            with Image.open(p) as im:
-                tensors.append(preprocessing(im))
-        return torch.stack(tensors), [p.name for p in picked]
+            try:
+                tensors.append(preprocessing(read_image(p)))
+                names.append(p.name)
+            except ImageDecodeError as error:
+                skipped.append((str(p), str(error).split(": ", 1)[-1]))
+        return _stacked(tensors, skipped, source), names
     from ..data import open_image_dataset
 
     ds = open_image_dataset(source, transform=preprocessing)
     if len(ds) == 0:
         raise ValueError(f"no images found in {source}")
-    idx = _spread(len(ds), limit)
-    xs = [ds[i][0] for i in tqdm(idx, desc="images", disable=not progress, leave=False)]
-    return torch.stack(xs), [ds.sample_name(i) for i in idx]
+    xs, names, skipped = [], [], []
+    for i in tqdm(_spread(len(ds), limit), desc="images", disable=not progress, leave=False):
+        try:
+            xs.append(_readable_item(ds, i)[0])
+            names.append(ds.sample_name(i))
+        except ImageDecodeError as error:
+            skipped.append((ds.sample_name(i), str(error).split(": ", 1)[-1]))
+    return _stacked(xs, skipped, source), names
+
+
+def _readable_item(ds: ImageDataset, i: int) -> tuple[torch.Tensor, int]:
+    # Never the next image in place of an unreadable one: that would calibrate on copies.
+    return ds.get(i, ds.transform, replace_unreadable=False)
+
+
+def _stacked(tensors: list[torch.Tensor], skipped: list[tuple[str, str]], source: str | os.PathLike[str]
+             ) -> torch.Tensor:
+    warn_skipped(skipped, os.fspath(source))
+    if not tensors:
+        example = f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise ValueError(f"no readable image in {os.fspath(source)}: {len(skipped)} left out{example}")
+    return torch.stack(tensors)
 
 
 def load_labelled(
@@ -107,9 +132,13 @@ def load_labelled(
     ds = open_image_dataset(source, transform=preprocessing)
     mapping = label_map(ds.class_names, class_names, num_classes)
     idx = _spread(len(ds), limit)
-    xs, ys = [], []
+    xs, ys, skipped = [], [], []
     for i in tqdm(idx, desc="images", disable=not progress, leave=False):
-        x, y = ds[i]
+        try:
+            x, y = _readable_item(ds, i)
+        except ImageDecodeError as error:
+            skipped.append((ds.sample_name(i), str(error).split(": ", 1)[-1]))
+            continue
         xs.append(x)
         ys.append(mapping[y])
-    return torch.stack(xs), torch.tensor(ys)
+    return _stacked(xs, skipped, source), torch.tensor(ys)

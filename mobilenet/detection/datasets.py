@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 import xml.parsers.expat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+
+from ..data.decode import ImageDecodeError, read_image, read_image_size
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -61,20 +63,38 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.annotations)
 
+    def get(self, i: int, *, replace_unreadable: bool = True) -> Any:
+        """Item ``i``. An image that cannot be decoded (truncated, corrupt) is replaced by the next readable
+        one for training (with a warning), or, with ``replace_unreadable=False`` (evaluation), raises
+        ``ImageDecodeError`` so that it is left out and listed instead."""
+        n = len(self.annotations)
+        for attempt in range(min(n, 16) if replace_unreadable else 1):
+            ann = self.annotations[(i + attempt) % n]
+            try:
+                image = read_image(ann.image_path)  # upright (EXIF), RGB
+            except ImageDecodeError as error:
+                if not replace_unreadable:
+                    raise
+                warnings.warn(f"unreadable image replaced by the next one: {error}", stacklevel=2)
+                continue
+            return self.transform(image, ann) if self.transform is not None else (image, ann)
+        raise RuntimeError(f"16 consecutive unreadable images starting at {self.annotations[i].image_path}")
+
     def __getitem__(self, i: int) -> Any:
-        ann = self.annotations[i]
-        with Image.open(ann.image_path) as im:
-            image = im.convert("RGB")
-        return self.transform(image, ann) if self.transform is not None else (image, ann)
+        return self.get(i)
 
     def subset(self, indices: list[int]) -> DetectionDataset:
         return DetectionDataset([self.annotations[i] for i in indices], self.class_names, self.problems,
                                 self.transform)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as im:  # reads the header only
-        return im.size
+def _image_size(path: Path, where: str, problems: list[str]) -> tuple[int, int] | None:
+    """The upright (EXIF-rotated) size from the header, or None (reported) for an empty or non-image file."""
+    try:
+        return read_image_size(path)
+    except ImageDecodeError as error:
+        problems.append(f"{where}: image {error}; skipped")
+        return None
 
 
 def _checked_box(box: list[float], width: int, height: int, where: str, problems: list[str]) -> list[float] | None:
@@ -181,10 +201,13 @@ def read_voc(root: str | Path, split: str = "trainval", class_names: tuple[str, 
         if not image_path.is_file():
             problems.append(f"{xml_path}:1: image file {image_path} is missing; skipped")
             continue
+        size = _image_size(image_path, f"{xml_path}:1", problems)  # also refuses empty and non-image files
+        if size is None:
+            continue
         try:
             width, height = int(doc["size"]["width"]), int(doc["size"]["height"])
         except (KeyError, ValueError):
-            width, height = _image_size(image_path)
+            width, height = size
         boxes, labels, difficult = [], [], []
         for obj in doc["objects"]:
             where = f"{xml_path}:{obj['line']}"
@@ -250,7 +273,10 @@ def read_kitti(root: str | Path, split: str = "all", class_names: tuple[str, ...
         if image_path is None:
             problems.append(f"{label_path}:1: image file {img_dir / image_id}.png is missing; skipped")
             continue
-        width, height = _image_size(image_path)
+        size = _image_size(image_path, f"{label_path}:1", problems)
+        if size is None:
+            continue
+        width, height = size
         boxes, labels, ignore, objects = [], [], [], []
         for n, line in enumerate(label_path.read_text().splitlines(), start=1):
             if not line.strip():
@@ -310,9 +336,12 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path | None = None) 
         if not image_path.is_file():
             problems.append(f"{annotation_file}: image id {img['id']}: file {image_path} is missing; skipped")
             continue
+        size = _image_size(image_path, f"{annotation_file}: image id {img['id']}", problems)
+        if size is None:
+            continue
         width, height = int(img.get("width") or 0), int(img.get("height") or 0)
         if not width or not height:
-            width, height = _image_size(image_path)
+            width, height = size
         boxes, labels, ignore = [], [], []
         for a in per_image.get(img["id"], []):
             where = f"{annotation_file}: annotations[{a['_index']}]"

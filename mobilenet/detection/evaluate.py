@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..data.decode import ImageDecodeError
 from ..weights import weights_info
 from .augment import EvalTransform, collate
 from .datasets import DetectionDataset
@@ -20,27 +21,67 @@ VOC_TO_COCO = {"aeroplane": "airplane", "motorbike": "motorcycle", "sofa": "couc
                "diningtable": "dining table", "pottedplant": "potted plant"}
 
 
-@torch.no_grad()
+class _LeaveOutUnreadable(torch.utils.data.Dataset):
+    """``(index, item)``, or ``(index, (image path, reason))`` for an image that cannot be decoded: evaluation
+    leaves it out and lists it, never scoring another image in its place."""
+
+    def __init__(self, dataset: DetectionDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        try:
+            return i, self.dataset.get(i, replace_unreadable=False)
+        except ImageDecodeError as error:
+            return i, (str(self.dataset.annotations[i].image_path), str(error).split(": ", 1)[-1])
+
+
+def _collate_readable(batch: list[tuple[int, Any]]) -> tuple[list[int], Any, list[tuple[int, str, str]]]:
+    good = [(i, item) for i, item in batch if not isinstance(item[0], str)]
+    bad = [(i, *item) for i, item in batch if isinstance(item[0], str)]
+    images, targets = collate([item for _, item in good]) if good else (None, [])
+    return [i for i, _ in good], (images, targets), bad
+
+
+Detections = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]
+
+
 def predict_dataset(model: Any, dataset: DetectionDataset, *, batch_size: int = 8, device: str | torch.device = "cpu",
                     workers: int = 0, postprocess: PostprocessConfig | None = None, progress: bool = False
-                    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Detections for every image of ``dataset`` in its original pixel coordinates, in dataset order."""
+                    ) -> Detections:
+    """Detections for every image of ``dataset`` in its original pixel coordinates, in dataset order; ``None``
+    for an image that cannot be decoded (``evaluate_detector`` leaves those out of the score and lists them)."""
+    return _predict(model, dataset, batch_size=batch_size, device=device, workers=workers, postprocess=postprocess,
+                    progress=progress)[0]
+
+
+@torch.no_grad()
+def _predict(model: Any, dataset: DetectionDataset, *, batch_size: int, device: str | torch.device, workers: int,
+             postprocess: PostprocessConfig | None, progress: bool) -> tuple[Detections, list[dict[str, str]]]:
     cfg = model.config
     ds = DetectionDataset(dataset.annotations, dataset.class_names, dataset.problems,
                           EvalTransform(cfg.image_size, cfg.pixel_mean, cfg.pixel_std))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=collate)
+    loader = torch.utils.data.DataLoader(_LeaveOutUnreadable(ds), batch_size=batch_size, shuffle=False,
+                                         num_workers=workers, collate_fn=_collate_readable)
     was_training = model.training
     model.eval()
-    out = []
-    for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
-        dets = model.detect(images.to(device), postprocess)
-        for d, t in zip(dets, targets, strict=True):
-            w, h = t["orig_size"]
-            d = d.scaled(w, h)
-            out.append((d.boxes.cpu(), d.scores.cpu(), d.labels.cpu()))
-    model.train(was_training)
-    return out
+    out: Detections = [None] * len(ds)
+    skipped: list[dict[str, str]] = []
+    try:
+        for indices, (images, targets), bad in tqdm(loader, desc="eval", disable=not progress, leave=False):
+            skipped += [{"image": path, "reason": reason} for _, path, reason in bad]
+            if images is None:
+                continue
+            dets = model.detect(images.to(device), postprocess)
+            for i, d, t in zip(indices, dets, targets, strict=True):
+                w, h = t["orig_size"]
+                d = d.scaled(w, h)
+                out[i] = (d.boxes.cpu(), d.scores.cpu(), d.labels.cpu())
+    finally:
+        model.train(was_training)
+    return out, skipped
 
 
 def remap_labels(detections: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], model_names: Sequence[str],
@@ -86,9 +127,20 @@ def score_detections(detections: Sequence[tuple[torch.Tensor, torch.Tensor, torc
 def evaluate_detector(model: Any, dataset: DetectionDataset, *, metric: str = "voc", batch_size: int = 8,
                       device: str | torch.device = "cpu", workers: int = 0, progress: bool = False) -> dict[str, Any]:
     """Predict then score: the metric dict of ``score_detections``. A model whose saved class names
-    differ from the dataset's is scored on the classes the two share by name (``remap_labels``)."""
-    dets = predict_dataset(model, dataset, batch_size=batch_size, device=device, workers=workers, progress=progress)
+    differ from the dataset's is scored on the classes the two share by name (``remap_labels``).
+
+    Images that cannot be decoded are left out of the score (their ground truth too, so they count neither as
+    missed nor as found) and listed in ``"skipped"`` as ``{"image", "reason"}``.
+    """
+    found, skipped = _predict(model, dataset, batch_size=batch_size, device=device, workers=workers,
+                              postprocess=None, progress=progress)
+    readable = [i for i, d in enumerate(found) if d is not None]
+    if not readable:
+        raise ValueError(f"no readable image to evaluate: all {len(found)} were left out"
+                         + (f" (e.g. {skipped[0]['image']}: {skipped[0]['reason']})" if skipped else ""))
+    dets = [d for d in found if d is not None]
+    scored = dataset.subset(readable) if skipped else dataset
     names = weights_info(model).classes
     if names and list(names) != list(dataset.class_names):
         dets = remap_labels(dets, names, dataset.class_names)
-    return score_detections(dets, dataset, metric)
+    return {**score_detections(dets, scored, metric), "skipped": skipped}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,28 +14,19 @@ import torch
 from PIL import Image
 
 from ..checkpoint import atomic_write
+from ..data.decode import ImageDecodeError, read_image
+from ..predict import expand_inputs, output_names
+from ..strict_json import dump
 from ..weights import weights_info
 from .boxes import clip_boxes
-from .datasets import IMAGE_SUFFIXES
 from .draw import draw_detections
 from .ssd import SSD
 
 
 def list_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Image files named in ``inputs``: files as given, folders expanded (sorted, image suffixes only)."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
-            out += found
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"image not found: {p}")
-    return out
+    """Image files named in ``inputs``: files as given, folders searched recursively (sorted), globs expanded
+    (``mobilenet.predict.expand_inputs``, shared with classification)."""
+    return expand_inputs([os.fspath(p) for p in inputs])
 
 
 def model_input(image: Image.Image, model: SSD) -> torch.Tensor:
@@ -56,53 +48,67 @@ def class_names_of(model: SSD) -> list[str]:
 def detect_images(model: SSD, paths: Sequence[str | os.PathLike[str]], *, score_threshold: float = 0.3,
                   batch_size: int = 8, device: str | torch.device = "cpu") -> list[dict[str, Any]]:
     """One result per image: {"image", "width", "height", "detections": [{"box": [x1, y1, x2, y2] (pixels),
-    "score", "label", "class_id"}]}, detections sorted by score, those below ``score_threshold`` dropped."""
+    "score", "label", "class_id"}]}, detections sorted by score, those below ``score_threshold`` dropped.
+
+    Images are read upright (EXIF orientation applied); one that cannot be read gets ``{"image", "error",
+    "detections": []}`` and the others go on."""
     names = class_names_of(model)
     model.eval().to(device)
-    results = []
-    paths = [Path(p) for p in paths]
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        images, sizes = [], []
-        for p in chunk:
-            with Image.open(p) as im:
-                images.append(model_input(im, model))
-                sizes.append(im.size)
-        dets = model.detect(torch.stack(images).to(device))
-        for p, (w, h), d in zip(chunk, sizes, dets, strict=True):
+    results: list[dict[str, Any]] = []
+    readable: list[tuple[int, Path, torch.Tensor, tuple[int, int]]] = []  # (slot in results, path, input, size)
+
+    def flush() -> None:
+        if not readable:
+            return
+        dets = model.detect(torch.stack([x for _, _, x, _ in readable]).to(device))
+        for (slot, p, _, (w, h)), d in zip(readable, dets, strict=True):
             d = d.scaled(w, h)
             keep = d.scores >= score_threshold
             boxes = clip_boxes(d.boxes[keep], w, h)  # pixels inside the image (TF Lite's boxes may overhang)
-            results.append({"image": str(p), "width": w, "height": h, "detections": [
+            results[slot] = {"image": str(p), "width": w, "height": h, "detections": [
                 {"box": [round(float(v), 2) for v in box], "score": round(float(s), 4), "label": names[int(c)],
                  "class_id": int(c)}
-                for box, s, c in zip(boxes.tolist(), d.scores[keep].tolist(), d.labels[keep].tolist(), strict=True)]})
+                for box, s, c in zip(boxes.tolist(), d.scores[keep].tolist(), d.labels[keep].tolist(), strict=True)]}
+        readable.clear()
+
+    for p in (Path(p) for p in paths):
+        try:
+            image = read_image(p)  # upright (EXIF orientation), truncated files and bombs refused
+        except ImageDecodeError as error:
+            results.append({"image": str(p), "error": f"cannot read image: {str(error).split(': ', 1)[-1]}",
+                            "detections": []})
+            continue
+        readable.append((len(results), p, model_input(image, model), image.size))
+        results.append({})
+        if len(readable) == batch_size:
+            flush()
+    flush()
     return results
 
 
-def _readable(path: Path) -> None:
-    """atomic_write's temporary files are private (0600); outputs get the usual umask permissions."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 def write_outputs(results: list[dict[str, Any]], out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write ``<stem>.jpg`` with the boxes drawn for each image and ``detections.json``; return the pictures."""
+    """Write each image with its boxes drawn and ``detections.json``; return the pictures.
+
+    Pictures keep their input's relative name and format (``a/x.png`` stays a PNG; two ``x.jpg`` from different
+    folders stay apart, see ``mobilenet.predict.output_names``); images that could not be read get none.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    formats = Image.registered_extensions()
+    drawn_ok = [r for r in results if "error" not in r]
     pictures = []
-    for r in results:
-        with Image.open(r["image"]) as im:
-            drawn = draw_detections(im, r["detections"])
-        target = out_dir / f"{Path(r['image']).stem}.jpg"
+    for r, name in zip(drawn_ok, output_names([r["image"] for r in drawn_ok]), strict=True):
+        drawn = draw_detections(read_image(r["image"]), r["detections"])
+        target = out_dir / name
+        fmt = formats.get(target.suffix.lower())
+        if fmt not in ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "PPM"):
+            target, fmt = target.with_suffix(".jpg"), "JPEG"
+        target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(target) as f:
-            drawn.save(f, format="JPEG", quality=92)
-        _readable(target)
+            drawn.save(f, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
         pictures.append(target)
     with atomic_write(out_dir / "detections.json", "w") as f:
-        json.dump(results, f, indent=1)
-    _readable(out_dir / "detections.json")
+        dump(results, f, indent=1)
     return pictures
 
 
@@ -121,15 +127,32 @@ def read_predictions(path: str | os.PathLike[str], class_names: Sequence[str]
         raise ValueError(f"{path}: expected a list of per-image results as `mobilenet detect predict` writes")
     index = {n: i for i, n in enumerate(class_names)}
     out = {}
-    for r in data:
+    for k, r in enumerate(data):
+        where = f"{path}: entry {k}"
+        if not isinstance(r, dict) or not isinstance(r.get("image"), str):
+            raise ValueError(f"{where}: expected an object with an \"image\" file name, as `mobilenet detect "
+                             f"predict` writes; got {str(r)[:80]}")
+        if "error" in r:  # an image detect predict could not read: nothing was predicted for it
+            continue
+        dets = r.get("detections", [])
+        if not isinstance(dets, list):
+            raise ValueError(f"{where} ({r['image']}): \"detections\" must be a list")
         boxes, scores, labels = [], [], []
-        for d in r.get("detections", []):
-            if d["label"] not in index:
-                raise ValueError(f"{path}: {r['image']}: label {d['label']!r} is not a class of the dataset "
+        for j, d in enumerate(dets):
+            try:
+                label, box, score = d["label"], [float(v) for v in d["box"]], float(d["score"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{where} ({r['image']}): detection {j} needs \"label\", a 4-number \"box\" and "
+                                 "a \"score\"") from None
+            if len(box) != 4 or not all(math.isfinite(v) for v in (*box, score)):
+                raise ValueError(f"{where} ({r['image']}): detection {j} needs 4 finite box numbers and a finite "
+                                 "score")
+            if label not in index:
+                raise ValueError(f"{path}: {r['image']}: label {label!r} is not a class of the dataset "
                                  f"({', '.join(class_names)})")
-            boxes.append(d["box"])
-            scores.append(d["score"])
-            labels.append(index[d["label"]])
+            boxes.append(box)
+            scores.append(score)
+            labels.append(index[label])
         out[Path(r["image"]).stem] = (torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                                       torch.tensor(scores, dtype=torch.float32), torch.tensor(labels, dtype=torch.long))
     return out
