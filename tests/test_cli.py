@@ -42,9 +42,10 @@ def test_bad_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "invalid choice: 'xml'" in capsys.readouterr().err
 
 
-def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_command_lists_the_commands_in_one_line_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
-    assert "usage: mobilenet" in capsys.readouterr().out
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "choose a command: demo, models" in err and "--help" in err
 
 
 def test_console_entry_point_runs_as_module() -> None:

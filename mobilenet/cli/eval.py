@@ -5,8 +5,10 @@ folder holding only some of the classes (e.g. a few ImageNet WordNet ids) is sco
 right outputs. A flat folder of images is labelled by ``--labels FILE`` (``<file name> <label>``
 lines; label: a class name such as a WordNet id, or an index into the weights' class list) or by
 ``--labels from-filename`` (``n01440764_tench.JPEG`` -> ``n01440764``); labels are matched by name,
-so 1001-way TF models (``background`` first) need no offset. Files listed but missing and images
-without a label are reported (count and names), not fatal. BatchNorm runs in eval mode. Examples::
+so 1001-way TF models (``background`` first) need no offset. Files listed but missing, images
+without a label and images that cannot be decoded are left out and reported (count and names),
+not fatal and never replaced by another image; ``images`` counts only those scored. BatchNorm runs
+in eval mode. Examples::
 
     mobilenet eval --weights runs/digits/best.safetensors --data digits#test
     mobilenet eval --weights w.safetensors --data val/ --format json --confusion
@@ -17,8 +19,9 @@ without a label are reported (count and names), not fatal. BatchNorm runs in eva
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
+
+from . import add_threads_flag, add_workers_flag, positive_int, workers_from
 
 NAME = "eval"
 MAX_SKIPPED_SHOWN = 20  # text output; JSON lists every skipped file
@@ -35,8 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(the file-name prefix before the first '_', e.g. n01440764_tench.JPEG)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     p.add_argument("--confusion", action="store_true", help="include the confusion matrix")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default: 64)")
+    add_workers_flag(p)
+    add_threads_flag(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
 
@@ -51,39 +55,36 @@ def _drop_empty_classes(res: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..checkpoint import load
-    from ..data import eval_transform, open_image_dataset
+    from ..data import eval_transform, make_eval_loader, open_image_dataset
     from ..distributed import resolve_device
     from ..evaluate import evaluate
-    from ..predict import model_preprocessing
+    from ..predict import model_preprocessing, require_classifier
+    from ..strict_json import dumps
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
     model = load(args.weights, map_location=device)
+    require_classifier(model, str(args.weights))
     classes = model.weights_info.classes
     pre = model_preprocessing(model)
-    if args.labels is None:
-        ds = open_image_dataset(args.data, transform=eval_transform(pre))
-    else:
-        with warnings.catch_warnings():  # the skipped files are reported below, with every name
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():  # the skipped files are reported below, with every name
+        warnings.simplefilter("ignore")
+        if args.labels is None:
+            ds = open_image_dataset(args.data)
+        else:
             # labels resolve against the weights' class list: names first, integers as indices into it
-            ds = open_image_dataset(args.data, transform=eval_transform(pre), labels=args.labels,
-                                    class_names=classes)
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers,
-                                         pin_memory=device.type == "cuda")
-    res = evaluate(model, loader, device=device, class_names=classes,
+            ds = open_image_dataset(args.data, labels=args.labels, class_names=classes)
+    batches = make_eval_loader(ds, args.batch_size, workers=workers_from(args), transform=eval_transform(pre),
+                               pin_memory=device.type == "cuda")
+    res = evaluate(model, batches, device=device, class_names=classes,
                    dataset_classes=ds.class_names, confusion=args.confusion, amp=args.amp)
     if args.labels is not None:
         _drop_empty_classes(res)
-    skipped = [{"name": name, "reason": reason} for name, reason in getattr(ds, "skipped", [])]
+    skipped = [{"name": name, "reason": reason} for name, reason in batches.skipped]
     res = {"weights": str(args.weights), "data": str(args.data), "labels": args.labels, **res,
            "skipped_count": len(skipped), "skipped": skipped}
     if args.format == "json":
-        print(json.dumps(res, indent=2))
+        print(dumps(res, indent=2))
         return 0
     print(f"{args.weights} on {args.data}: {res['count']} images")
     print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}")

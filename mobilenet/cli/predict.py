@@ -1,33 +1,37 @@
-"""`mobilenet predict`: top-k labels and probabilities for images, a folder or a glob.
+"""`mobilenet predict`: top-k labels and probabilities for images, folders (recursively) or globs.
 
 Examples::
 
     mobilenet predict photo.jpg --weights runs/digits/best.safetensors
-    mobilenet predict 'images/*.png' --weights w.safetensors --topk 3 --format csv
+    mobilenet predict photos/ 'more/*.png' --weights w.safetensors --topk 3 --format csv
 
 Imported ImageNet weights carry human-readable names beside the class ids; they are printed too
-(text: ``n01440764 (tench) 91.2%``; json: a ``name`` key; csv: a ``name`` column).
+(text: ``n01440764 (tench) 91.2%``; json: a ``name`` key; csv: a ``name`` column). An image that
+cannot be read (truncated, not an image, a decompression bomb) is listed with its reason and left
+out; when no image can be read the command fails with one line (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 
+from . import CLIError, add_threads_flag, positive_int
+
 NAME = "predict"
-HELP = "top-k labels and probabilities for image files, folders or globs"
+HELP = "top-k labels and probabilities for image files, folders (recursively) or globs"
 DESCRIPTION = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|GLOB", help="image files, folders or glob patterns")
     p.add_argument("--weights", required=True, help="weights file (.safetensors written by mobilenet)")
-    p.add_argument("--topk", type=int, default=5, help="labels per image")
+    p.add_argument("--topk", type=positive_int, default=5, help="labels per image (default: 5)")
     p.add_argument("--format", choices=("text", "json", "csv"), default="text", help="output format")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_threads_flag(p)
 
 
 def _shown(top: dict) -> str:
@@ -40,28 +44,33 @@ def _shown(top: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
     from ..distributed import resolve_device
-    from ..predict import expand_inputs, predict
+    from ..predict import expand_inputs, predict, require_classifier
+    from ..strict_json import dumps
 
-    if args.topk < 1:
-        raise ValueError(f"--topk must be >= 1, got {args.topk}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     paths = expand_inputs(args.inputs)
     device = resolve_device(args.device)
     model = load(args.weights, map_location=device)
+    require_classifier(model, str(args.weights))
     results = predict(model, paths, topk=args.topk, batch_size=args.batch_size, device=device)
+    errors = [r for r in results if "error" in r]
+    if len(errors) == len(results):
+        first = errors[0]
+        more = f" (and the other {len(errors) - 1} image(s) too)" if len(errors) > 1 else ""
+        raise CLIError(f"{first['path']}: {first['error']}{more}")
     if args.format == "json":
-        print(json.dumps(results, indent=2))
+        print(dumps(results, indent=2))
     elif args.format == "csv":
         w = csv.writer(sys.stdout, lineterminator="\n")
         named = any("name" in t for r in results for t in r.get("top", []))
-        w.writerow(["path", "rank", "label", "index", "prob"] + (["name"] if named else []))
+        failed = [""] if errors else []  # an "error" column only when an image was left out
+        w.writerow(["path", "rank", "label", "index", "prob"] + (["name"] if named else []) + (["error"] if errors
+                                                                                               else []))
         for r in results:
             if "error" in r:
-                w.writerow([r["path"], "", "", "", ""] + ([""] if named else []))
+                w.writerow([r["path"], "", "", "", ""] + ([""] if named else []) + [r["error"]])
             for rank, t in enumerate(r.get("top", []), 1):
                 w.writerow([r["path"], rank, t["label"], t["index"], f"{t['prob']:.6f}"]
-                           + ([t.get("name", "")] if named else []))
+                           + ([t.get("name", "")] if named else []) + failed)
     else:
         for r in results:
             if "error" in r:
@@ -69,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             tops = ", ".join(f"{_shown(t)} {100 * t['prob']:.1f}%" for t in r["top"])
             print(f"{r['path']}: {tops}")
-    errors = sum("error" in r for r in results)
     if errors:
-        print(f"mobilenet predict: {errors} of {len(results)} image(s) could not be read", file=sys.stderr)
-    return 1 if errors == len(results) else 0
+        print(f"mobilenet predict: {len(errors)} of {len(results)} image(s) could not be read and were left out",
+              file=sys.stderr)
+    return 0
