@@ -2,7 +2,10 @@
 the model (config, class names, preprocessing, provenance). No pickle: loading never runs code.
 
 Writes are atomic (temporary file in the same folder, fsync, rename), so a crash mid-save leaves the
-previous file intact.
+previous file intact. A temporary's name says who wrote it (``.<name>.<host>-<pid>-<random>.tmp``), so
+``clean_stale_temporaries`` can remove those of writers that died (SIGKILL, power loss) without touching
+a live writer's. Files get the usual permissions (``0666`` minus the umask, e.g. ``0644``), or keep the
+mode of the file they replace.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,16 +39,114 @@ class WeightsFileError(ValueError):
     """A weights file is missing, unreadable, or does not match the model it is loaded into."""
 
 
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<host>[^.]*)-(?P<pid>\d+)-[^.]+\.tmp$")
+# A temporary whose writer cannot be checked (another host, or an older name without the pid) is stale once
+# it is this old: no single write takes that long.
+STALE_AFTER_SECONDS = 6 * 3600
+
+
+def _host() -> str:
+    # The host part of temporary and lock names: no dots or dashes (they delimit the fields).
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "host"
+
+
+def writer_tag() -> str:
+    """``<host>-<pid>``: who is writing, as recorded in temporary names and lock files."""
+    return f"{_host()}-{os.getpid()}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (a zombie counts as dead for our purpose:
+    it can write nothing more)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux ``/proc``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting (briefly process-wide), then restore
+    os.umask(mask)
+    return mask
+
+
+def stale_writer(name: str, path: Path | None = None) -> bool:
+    """True when ``name`` is a temporary (``.<name>.<host>-<pid>-<x>.tmp`` or a state folder
+    ``.tmp-step-<n>-<host>-<pid>``) whose writer is dead: same host and no such process, or another host's (or
+    an unattributed one's) that is older than ``STALE_AFTER_SECONDS``."""
+    m = _TMP_NAME.match(name) or re.match(r"^\.tmp-step-\d+-(?:(?P<host>[^-]*)-)?(?P<pid>\d+)$", name)
+    if m is None:
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            return False
+        host, pid = None, None  # tempfile's own name (before writers were named): judged by age
+    else:
+        host, pid = m.group("host"), int(m.group("pid"))
+    if pid is not None and host in (None, _host()):
+        return not process_alive(pid)
+    if path is None:
+        return False
+    try:
+        return time.time() - path.lstat().st_mtime > STALE_AFTER_SECONDS
+    except OSError:
+        return False
+
+
+def clean_stale_temporaries(folder: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
+    """Remove temporaries left in ``folder`` by writers that died mid-write (see ``stale_writer``); a live
+    writer's are kept. Returns what was removed. Safe to call at any time, by any process."""
+    import shutil
+
+    root = Path(folder)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") and stale_writer(entry.name, entry):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif recursive and entry.is_dir() and not entry.is_symlink():
+            removed += clean_stale_temporaries(entry, recursive=True)
+    return removed
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
+    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
+
+    The file ends with ``path``'s previous mode, or ``0666`` minus the umask for a new file (``mkstemp``'s
+    private ``0600`` would otherwise leak into every weights file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        final_mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        final_mode = 0o666 & ~current_umask()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{writer_tag()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), final_mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -129,9 +233,25 @@ def _parse_metadata(header: dict[str, str], path: Path) -> dict[str, Any]:
         raise WeightsFileError(
             f"{path} has no '{METADATA_KEY}' metadata: it was not written by mobilenet "
             "(import foreign weights with `mobilenet convert`)")
-    meta = json.loads(header[METADATA_KEY])
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise WeightsFileError(f"{path} uses format version {meta['format_version']}; upgrade mobilenet to read it")
+    try:
+        meta = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise WeightsFileError(f"{path}: its '{METADATA_KEY}' metadata is not valid JSON ({e.msg})") from None
+    if not isinstance(meta, dict):
+        raise WeightsFileError(f"{path}: its '{METADATA_KEY}' metadata is not a JSON object")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int):
+        raise WeightsFileError(f"{path}: malformed metadata: format_version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
+        raise WeightsFileError(f"{path} uses format version {version}; upgrade mobilenet to read it")
+    for key, kind, what in (("config", dict, "an object"), ("class_names", list, "a list"),
+                            ("preprocessing", dict, "an object"), ("extra", dict, "an object")):
+        if meta.get(key) is not None and not isinstance(meta[key], kind):
+            raise WeightsFileError(f"{path}: malformed metadata: {key!r} must be {what}, got "
+                                   f"{type(meta[key]).__name__}")
+    names = meta.get("class_names")
+    if names is not None and not all(isinstance(n, str) for n in names):
+        raise WeightsFileError(f"{path}: malformed metadata: class_names must be strings")
     return meta
 
 
@@ -163,6 +283,13 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     model.load_state_dict(state)
 
 
+def _weights_info(meta: dict[str, Any], path: str | os.PathLike[str]) -> WeightsInfo:
+    try:
+        return WeightsInfo.from_header(meta)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        raise WeightsFileError(f"{path}: malformed metadata: {type(e).__name__}: {e}") from None
+
+
 def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model from a weights file alone; it comes back in eval mode.
 
@@ -171,14 +298,21 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
     """
     tensors, meta = read(path)
     arch = meta.get("architecture")
+    if not isinstance(arch, str):
+        raise WeightsFileError(f"{path}: malformed metadata: no 'architecture' name")
     if arch not in BUILDERS and arch in LAZY_BUILDERS:
         module, function = LAZY_BUILDERS[arch]
         BUILDERS[arch] = getattr(importlib.import_module(module), function)
     if arch not in BUILDERS:
         raise WeightsFileError(f"{path}: unknown architecture {arch!r} (known: {', '.join(sorted(BUILDERS))})")
-    model = BUILDERS[arch](meta["config"])
+    if not isinstance(meta.get("config"), dict):
+        raise WeightsFileError(f"{path}: malformed metadata: no 'config' object to rebuild the model from")
+    try:
+        model = BUILDERS[arch](meta["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise WeightsFileError(f"{path}: malformed metadata: its config does not build a {arch} ({e})") from None
     load_state_strict(model, tensors, str(path))
-    model.weights_info = WeightsInfo.from_header(meta)  # type: ignore[assignment]
+    model.weights_info = _weights_info(meta, path)  # type: ignore[assignment]
     return model.to(map_location).eval()
 
 
@@ -186,5 +320,5 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike[str]) -> nn.Modu
     """Load a weights file into an existing model, strictly (same keys and shapes)."""
     tensors, meta = read(path)
     load_state_strict(model, tensors, str(path))
-    model.weights_info = WeightsInfo.from_header(meta)  # type: ignore[assignment]
+    model.weights_info = _weights_info(meta, path)  # type: ignore[assignment]
     return model

@@ -3,7 +3,8 @@ resumable sharded batch sampler.
 
 The same command runs on one process or under ``torchrun --nproc-per-node N`` (multi-node too):
 ``setup()`` reads torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and joins a process group
-(NCCL on GPU, gloo on CPU). Only rank 0 logs and saves.
+(NCCL on GPU, gloo on CPU). Only rank 0 logs and saves; ``average_buffers`` makes the ranks'
+BatchNorm statistics one before validating and saving, so the saved model is the validated one.
 
 ``ShardedBatchSampler`` replaces ``DistributedSampler`` because resume needs two things the stock
 one lacks: starting mid-epoch at a given batch, and a layout where rank r's micro-batch m of
@@ -86,6 +87,25 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def average_buffers(model: nn.Module) -> nn.Module:
+    """Average every floating-point buffer (BatchNorm running mean and variance) over the ranks, in place.
+
+    Under DDP each rank's BatchNorm layers track the statistics of that rank's own micro-batches, so the
+    ranks hold different models. Averaged before validation and before any save, every rank evaluates the
+    same model and the saved weights are the ones that were validated (the mean of the ranks' running
+    means equals what one process seeing all micro-batches in turn would track, up to the momentum's order).
+    Identity on one process.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return model
+    world = dist.get_world_size()
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(world)
+    return model
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -42,13 +42,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import WeightsFileError, atomic_write, load_state_strict, read, save
-from .distributed import DistInfo, ShardedBatchSampler, all_reduce_sum, any_rank, barrier, setup, wrap_model
+from .distributed import (
+    DistInfo,
+    ShardedBatchSampler,
+    all_reduce_sum,
+    any_rank,
+    average_buffers,
+    barrier,
+    setup,
+    wrap_model,
+)
 from .evaluate import evaluate
 from .model import MobileNetV1
 from .optim import ModelEMA, build_optimizer, lr_multiplier
 from .preprocessing import Preprocessing
 from .recipe import TrainConfig
-from .train_state import Progress, find_resume, load_state, save_state
+from .train_state import Progress, find_resume, load_state, lock_run_folder, save_state
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -112,11 +121,13 @@ def open_datasets(cfg: TrainConfig, preprocessing: Preprocessing) -> tuple[Any, 
     return train_set, val_set, list(train_set.class_names)
 
 
-def _val_loader(val_set: Any, batch_size: int, info: DistInfo, workers: int) -> torch.utils.data.DataLoader:
+def _val_loader(val_set: Any, batch_size: int, info: DistInfo, workers: int) -> Any:
     # Each rank scores every world_size-th sample; evaluate() sums over ranks, so nothing is counted twice.
-    shard = torch.utils.data.Subset(val_set, list(range(info.rank, len(val_set), info.world_size)))
-    return torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                       pin_memory=info.device.type == "cuda")
+    # An unreadable validation image is left out (and listed), never scored as a copy of its neighbour.
+    from .data import make_eval_loader
+
+    return make_eval_loader(val_set, batch_size, workers=workers, pin_memory=info.device.type == "cuda",
+                            indices=range(info.rank, len(val_set), info.world_size))
 
 
 # ----------------------------------------------------------------------------- model
@@ -316,6 +327,9 @@ def train(
     val_loader = _val_loader(val_set, max(cfg.batch_size // info.world_size, 1), info, cfg.workers) \
         if val_set is not None and len(val_set) else None  # type: ignore[arg-type]
 
+    # one run per folder: a second one is refused naming this one; released when this generator ends
+    lock = lock_run_folder(run_dir) if info.is_main else None
+
     # resume
     progress = Progress()
     resume_from = find_resume(cfg.resume, run_dir)
@@ -454,6 +468,8 @@ def train(
                     sums.fold(epoch_acc)
                     progress.epoch_sums = [sums.loss, sums.correct, sums.count, sums.seconds + elapsed]
                     path = save_now()
+                    if lock is not None:
+                        lock.release()
                     yield {"event": "interrupted", "signal": stop.signal or signal.SIGTERM,
                            "state": str(path) if path else None, "global_step": progress.global_step}
                     if writer is not None:
@@ -480,6 +496,10 @@ def train(
                 "train_images": int(count), "epoch_seconds": sums.seconds,
                 "img_per_s": count / max(sums.seconds, 1e-9),
             }
+            # the ranks' BatchNorm statistics become one, so the model validated below is the model saved
+            average_buffers(model)
+            if ema is not None:
+                average_buffers(ema.module)
             if val_loader is not None:
                 res = evaluate(eval_model, val_loader, device=info.device, amp=cfg.amp,
                                channels_last=cfg.channels_last)
@@ -528,6 +548,8 @@ def train(
     if writer is not None:
         writer.close()
     barrier()
+    if lock is not None:
+        lock.release()
     yield {"event": "end", "last": str(last) if last else None, "best": str(best) if best else None,
            "curves": str(curves) if curves else None, "best_top1": progress.best_metric,
            "global_step": progress.global_step, "history": progress.history, "run_dir": str(run_dir)}
