@@ -284,6 +284,12 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
 
 
 def _weights_info(meta: dict[str, Any], path: str | os.PathLike[str]) -> WeightsInfo:
+    pre = meta.get("preprocessing")
+    if pre:
+        try:
+            Preprocessing.from_dict(pre)
+        except (TypeError, ValueError) as e:
+            raise WeightsFileError(f"{path}: malformed metadata: its preprocessing {pre} is not valid ({e})") from None
     try:
         return WeightsInfo.from_header(meta)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:

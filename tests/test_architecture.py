@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mobilenet"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation: model, preprocessing, settings, pure file formats", (
         "mobilenet.model", "mobilenet.preprocessing", "mobilenet.config", "mobilenet.optim", "mobilenet.distributed",
-        "mobilenet.published", "mobilenet.imagenet_classes", "mobilenet.weights",
+        "mobilenet.published", "mobilenet.imagenet_classes", "mobilenet.weights", "mobilenet.strict_json",
+        "mobilenet.machine",
         "mobilenet.tflite", "mobilenet.tflite.flexbuffers", "mobilenet.tflite.format", "mobilenet.tflite.grid")),
     ("core: weights files, variants, cost, training state", (
         "mobilenet.checkpoint", "mobilenet.zoo", "mobilenet.profile", "mobilenet.train_state", "mobilenet.plots")),

@@ -287,4 +287,5 @@ def test_malformed_preprocessing_metadata_is_one_clear_error(tmp_path, capsys):
 
     Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
     assert main(["predict", str(tmp_path / "x.png"), "--weights", str(path)]) == 2
-    assert "preprocessing is not valid" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "malformed metadata" in err and "crop_fraction" in err
