@@ -55,7 +55,7 @@ from torch import nn  # noqa: E402
 
 # name -> (time cap in seconds on a GPU, what it measures)
 SECTIONS: dict[str, tuple[float, str]] = {
-    "inference": (150, "inference img/s, ours beside timm, eager/graphs/compiled/fused"),
+    "inference": (170, "inference img/s, ours beside timm, eager/graphs/compiled/fused"),
     "training": (110, "training img/s, ours beside timm"),
     "cifar10": (190, "CIFAR-10 test accuracy against time"),
     "detector": (45, "MobileNet-SSD latency"),
@@ -134,6 +134,7 @@ def cuda_graph(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Callable[[
     def replay() -> Any:
         graph.replay()
         return out
+    replay.keep_alive = (static_x, stream)  # the graph reads this buffer at every replay: it must outlive the graph
     return replay
 
 
@@ -151,9 +152,13 @@ def add_path(fns: dict[str, Callable[[], Any]], errors: dict[str, str], name: st
     try:
         fn = make(*args)
         fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # a fault shows here, named, not at some later path's first sync
     except Exception as e:  # noqa: BLE001  (any failure of one path must not cost the others)
         errors[name] = f"{type(e).__name__}: {str(e)[:300]}"
         progress(f"path {name!r} left out: {errors[name]}")
+        if "illegal memory access" in str(e) or "unspecified launch failure" in str(e):
+            raise  # the CUDA context is gone: nothing more can run in this process
         return
     fns[name] = fn
 
@@ -224,46 +229,74 @@ def section_inference(cfg: dict[str, Any]) -> dict[str, Any]:
     eager_ours, fused_ours = static_model(fold_bn(ours)), fused_inference_model(ours) if fused_ok else None
     if fused_ours is not None:
         result["fused_blocks"] = count_fused(fused_ours)
-    for dname in cfg["dtypes"]:
+    models_of: dict[str, dict[str, nn.Module]] = {}
+
+    def models(dname: str) -> dict[str, nn.Module]:
+        if dname not in models_of:
+            dt = DTYPES[dname]
+            ms = {"ours eager": copy.deepcopy(eager_ours).to(dev, dt).to(memory_format=cl)}
+            if fused_ours is not None:
+                ms["ours fused"] = copy.deepcopy(fused_ours).to(dev, dt).to(memory_format=cl)
+            if peer is not None:
+                ms["timm eager"] = copy.deepcopy(peer).eval().to(dev, dt).to(memory_format=cl)
+            models_of[dname] = ms
+        return models_of[dname]
+
+    result["compiled"] = []
+    for dname, batch in groups_by_value(cfg):
+        if (dname, batch) == ("compiled", 0):
+            result["compiled"] = _compiled_rows(cfg, eager_ours, fused_ours, peer, dev, deadline)
+            save_partial(cfg, result)
+            continue
+        if time.monotonic() > deadline:
+            result["skipped"][f"batch {batch} {dname}"] = "section time cap reached"
+            continue
         dt = DTYPES[dname]
-        models = {"ours eager": copy.deepcopy(eager_ours).to(dev, dt).to(memory_format=cl)}
-        if fused_ours is not None:
-            models["ours fused"] = copy.deepcopy(fused_ours).to(dev, dt).to(memory_format=cl)
-        if peer is not None:
-            models["timm eager"] = copy.deepcopy(peer).eval().to(dev, dt).to(memory_format=cl)
-        for batch in cfg["batches"]:
-            if time.monotonic() > deadline:
-                result["skipped"][f"batch {batch} {dname}"] = "section time cap reached"
-                continue
-            g = torch.Generator().manual_seed(batch)
-            x32 = torch.randn(batch, 3, res, res, generator=g).to(dev)
-            with torch.no_grad():
-                ref = ours.to(dev)(x32)
-            x = x32.to(dt).contiguous(memory_format=cl)
-            fns: dict[str, Callable[[], Any]] = {}
-            checks: dict[str, Any] = {}
-            for name, m in models.items():
-                add_path(fns, result["errors"], name, no_grad_call, m, x)
-                if dev.type == "cuda":
-                    graphs = name.replace("eager", "").strip() + " graphs"
-                    add_path(fns, result["errors"], graphs, cuda_graph, m, x)
-            for name, fn in fns.items():
-                if name.startswith("ours"):
-                    checks[name] = compare(fn(), ref, dname)
-            samples = interleaved(fns, dev, **cfg["timing"])
-            del fns
+        g = torch.Generator().manual_seed(batch)
+        x32 = torch.randn(batch, 3, res, res, generator=g).to(dev)
+        with torch.no_grad():
+            ref = ours.to(dev)(x32)
+        x = x32.to(dt).contiguous(memory_format=cl)
+        fns: dict[str, Callable[[], Any]] = {}
+        checks: dict[str, Any] = {}
+        for name, m in models(dname).items():
+            add_path(fns, result["errors"], f"{name} (batch {batch} {dname})", no_grad_call, m, x)
             if dev.type == "cuda":
-                torch.cuda.empty_cache()
-            group = {"batch": batch, "dtype": dname, "checks": checks,
-                     "img_per_s": {k: batch / statistics.median(v) for k, v in samples.items()},
-                     "ms": {k: 1e3 * statistics.median(v) for k, v in samples.items()},
-                     "ratios": _ratios_vs_timm(samples)}
-            result["groups"].append(group)
-            progress(f"inference batch {batch} {dname}: " + ", ".join(
-                f"{k} {v:,.0f}" for k, v in group["img_per_s"].items()) + " img/s")
-        del models
-    result["compiled"] = _compiled_rows(cfg, eager_ours, fused_ours, peer, dev, deadline)
+                graphs = name.replace("eager", "").strip() + " graphs"
+                add_path(fns, result["errors"], f"{graphs} (batch {batch} {dname})", cuda_graph, m, x)
+        fns = {k.split(" (batch")[0]: v for k, v in fns.items()}
+        for name, fn in fns.items():
+            if name.startswith("ours"):
+                checks[name] = compare(fn(), ref, dname)
+        samples = interleaved(fns, dev, **cfg["timing"])
+        del fns
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        group = {"batch": batch, "dtype": dname, "checks": checks,
+                 "img_per_s": {k: batch / statistics.median(v) for k, v in samples.items()},
+                 "ms": {k: 1e3 * statistics.median(v) for k, v in samples.items()},
+                 "ratios": _ratios_vs_timm(samples)}
+        result["groups"].append(group)
+        save_partial(cfg, result)
+        progress(f"inference batch {batch} {dname}: " + ", ".join(
+            f"{k} {v:,.0f}" for k, v in group["img_per_s"].items()) + " img/s")
     return result
+
+
+def groups_by_value(cfg: dict[str, Any]) -> list[tuple[str, int]]:
+    """(dtype, batch) in the order they are worth measuring: bf16 (what one deploys on a GPU) at the largest and
+    smallest batch, the torch.compile comparison (marked ("compiled", 0)), then the rest."""
+    pairs = [(d, b) for d in cfg["dtypes"] for b in cfg["batches"]]
+    first = [p for p in ((("bf16" if "bf16" in cfg["dtypes"] else cfg["dtypes"][0]), b)
+                         for b in (max(cfg["batches"]), min(cfg["batches"]))) if p in pairs]
+    rest = sorted((p for p in pairs if p not in first), key=lambda p: ("fp32" == p[0], p[0], -p[1]))
+    return list(dict.fromkeys(first)) + [("compiled", 0)] + rest
+
+
+def save_partial(cfg: dict[str, Any], result: dict[str, Any]) -> None:
+    """Write what a section has measured so far: a later crash of the process (a CUDA fault) keeps it."""
+    if cfg.get("result_path"):
+        Path(cfg["result_path"]).write_text(json.dumps(result | {"partial": True}, indent=1))
 
 
 def _ratios_vs_timm(samples: dict[str, list[float]]) -> dict[str, Any]:
@@ -458,29 +491,31 @@ def section_detector(cfg: dict[str, Any]) -> dict[str, Any]:
     fused_ok, fused_note = fused_available(dev)
     result: dict[str, Any] = {"model": f"ssd_mobilenet_v1 alpha {alpha}, {size}x{size}, 90 classes (network only)",
                               "fused": fused_note or "ok", "groups": [], "errors": {}}
-    dtypes = ["fp32", "bf16"] if not cfg["dry_run"] else ["fp32"]
-    for batch in cfg["ssd_batches"]:
-        x32 = torch.randn(batch, 3, size, size, device=dev)
-        fns: dict[str, Callable[[], Any]] = {"eager fp32": no_grad_call(copy.deepcopy(model).to(dev), x32)}
-        for dname in dtypes:
-            dt = DTYPES[dname]
-            x = x32.to(dt).contiguous(memory_format=cl)
-            m = copy.deepcopy(model).to(dev, dt).to(memory_format=cl)
-            if dname != "fp32":
-                add_path(fns, result["errors"], f"eager {dname} channels_last", no_grad_call, m, x)
+    # one group per (dtype, batch), bf16 first: each group is measured on its own, so a fault in one (the context
+    # is lost) keeps what the earlier groups measured; the baseline is eager in the group's dtype
+    dtypes = ["bf16", "fp32"] if not cfg["dry_run"] else ["fp32"]
+    for dname in dtypes:
+        dt = DTYPES[dname]
+        m = copy.deepcopy(model).to(dev, dt).to(memory_format=cl)
+        fm = fused_inference_model(model).to(dev, dt).to(memory_format=cl) if fused_ok else None
+        for batch in cfg["ssd_batches"]:
+            x = torch.randn(batch, 3, size, size, device=dev).to(dt).contiguous(memory_format=cl)
+            fns: dict[str, Callable[[], Any]] = {}
+            add_path(fns, result["errors"], f"eager {dname}", no_grad_call, m, x)
             if dev.type == "cuda":
                 add_path(fns, result["errors"], f"graphs {dname}", cuda_graph, m, x)
-            if fused_ok:
-                fm = fused_inference_model(model).to(dev, dt).to(memory_format=cl)
+            if fm is not None:
                 add_path(fns, result["errors"], f"fused {dname}", no_grad_call, fm, x)
                 if dev.type == "cuda":
                     add_path(fns, result["errors"], f"fused graphs {dname}", cuda_graph, fm, x)
-        samples = interleaved(fns, dev, **cfg["timing"])
-        del fns
-        group = {"batch": batch, "ms": {k: 1e3 * statistics.median(v) for k, v in samples.items()},
-                 "vs_eager_fp32": {k: ratio(samples, k, "eager fp32") for k in samples if k != "eager fp32"}}
-        result["groups"].append(group)
-        progress(f"detector batch {batch}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in group["ms"].items()))
+            samples = interleaved(fns, dev, **cfg["timing"])
+            del fns
+            base = f"eager {dname}"
+            group = {"batch": batch, "dtype": dname, "ms": {k: 1e3 * statistics.median(v) for k, v in samples.items()},
+                     "vs_eager": {k: ratio(samples, k, base) for k in samples if k != base and base in samples}}
+            result["groups"].append(group)
+            save_partial(cfg, result)
+            progress(f"detector batch {batch} {dname}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in group["ms"].items()))
     return result
 
 
@@ -652,11 +687,11 @@ def render(suite: dict[str, Any]) -> str:
                          f"{r['seconds'] / 60:.1f} | {to} (target {r['target']}%) |")
     de = suite["sections"].get("detector", {}).get("result")
     if de:
-        lines += ["", f"**Detector**, {de['model']}, ms per batch (speed-up over eager fp32):", "",
-                  "| batch | path | ms | vs eager fp32 |", "|---:|---|---:|---|"]
+        lines += ["", f"**Detector**, {de['model']}, channels_last, ms per batch (speed-up over eager in the same "
+                  "dtype):", "", "| batch | path | ms | vs eager |", "|---:|---|---:|---|"]
         for g in de["groups"]:
             for k, v in g["ms"].items():
-                lines.append(f"| {g['batch']} | {k} | {v:.3f} | {_fmt_ratio(g['vs_eager_fp32'].get(k))} |")
+                lines.append(f"| {g['batch']} | {k} | {v:.3f} | {_fmt_ratio(g['vs_eager'].get(k))} |")
     pr = suite["sections"].get("profile", {}).get("result")
     if pr and "cases" in pr:
         lines += ["", f"**Where the time goes** (batch {pr['batch']}, {pr['dtype']}; top kernels by {pr['device']} "
@@ -742,7 +777,7 @@ def run_suite(args: argparse.Namespace) -> int:
             result_path = args.work / f"{name}.json"
             result_path.unlink(missing_ok=True)
             cmd = [sys.executable, __file__, "--section", name, "--result", str(result_path),
-                   "--config", json.dumps(cfg | {"cap_s": cap})]
+                   "--config", json.dumps(cfg | {"cap_s": cap, "result_path": str(result_path)})]
             start = time.monotonic()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
             watchdog = threading.Timer(cap + 30, proc.kill)  # a section that hangs silently is stopped too
@@ -764,6 +799,9 @@ def run_suite(args: argparse.Namespace) -> int:
             else:
                 entry.update(status="failed", reason=f"exit {rc}" + (" (time cap)" if rc in (-9, 137) else ""),
                              output_tail="".join(tail)[-3000:])
+                if result_path.is_file():  # what it measured before it died
+                    entry["result"] = json.loads(result_path.read_text())
+                    entry["status"] = "partial"
             print(f"[{time.monotonic() - t0:5.0f} s] {name}: {entry['status']} in {entry['seconds']:.0f} s", flush=True)
         suite["sections"][name] = entry
         suite["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -773,7 +811,7 @@ def run_suite(args: argparse.Namespace) -> int:
     log.close()
     print()
     print((args.out / "suite.md").read_text())
-    failed = [n for n, s in suite["sections"].items() if s["status"] == "failed"]
+    failed = [n for n, s in suite["sections"].items() if s["status"] in ("failed", "partial")]
     return 1 if failed else 0
 
 
@@ -782,7 +820,7 @@ def run_section(args: argparse.Namespace) -> int:
     if not cfg["dry_run"]:
         torch.backends.cudnn.benchmark = True
     result = RUNNERS[args.section](cfg)
-    Path(args.result).write_text(json.dumps(result, indent=1))
+    Path(args.result).write_text(json.dumps(result, indent=1))  # the whole result replaces any partial one
     return 0
 
 

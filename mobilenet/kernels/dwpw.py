@@ -73,7 +73,8 @@ def _dwpw_kernel(
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): the few tilings worth trying; the first call for each
 # layer shape times them all on the GPU and keeps the fastest.
-CONFIGS = ((64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3))
+CONFIGS = ((64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3),
+           (64, 64, 64, 4, 2), (128, 64, 64, 8, 2), (32, 32, 64, 2, 2))  # the last: small maps at batch 1
 INTERPRETER_CONFIG = (64, 64, 64, 4, 1)  # small tiles keep the CPU interpreter quick
 _chosen: dict[tuple, tuple[int, int, int, int, int]] = {}
 
