@@ -10,6 +10,10 @@
       mom = momentum * mom + lr * g / sqrt(ms + eps)  # eps = 1.0, inside the square root
       w   = w - mom
 
+* ``YellowFin`` (Zhang & Mitliagkas 2017, "YellowFin and the Art of Momentum Tuning", arXiv:1706.03471):
+  momentum SGD whose momentum and learning rate are tuned every step from measurements of the gradients
+  (curvature range, gradient variance, distance to the optimum); the seed's TF code ships it. ``nadam``
+  (Nesterov Adam, Dozat 2016: the seed's Keras CIFAR-10 example) is ``torch.optim.NAdam``.
 * Schedules map an optimiser step to a learning-rate multiplier: TF-style exponential decay
   (staircase per ``decay_epochs`` epochs), cosine, step; each with linear warm-up.
 * ``param_groups`` puts depthwise filters, BatchNorm parameters and biases in groups with their own
@@ -28,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-OPTIMIZERS = ("rmsprop_tf", "sgd", "adamw")
+OPTIMIZERS = ("rmsprop_tf", "sgd", "adamw", "nadam", "yellowfin")
 SCHEDULES = ("exponential", "cosine", "step", "constant")
 
 
@@ -96,6 +100,113 @@ class RMSpropTF(torch.optim.Optimizer):
         return loss
 
 
+class YellowFin(torch.optim.Optimizer):
+    """Momentum SGD with momentum and learning rate tuned on the fly (YellowFin, Algorithm 1 of the paper).
+
+    Every step measures, over all parameters together (h_t = ||g_t||^2):
+
+    * the curvature range: the smallest and largest h_t over the last ``window`` steps, each smoothed by an
+      exponential moving average (``beta``; h_min in log space, as the authors' code, so it follows drops);
+    * the gradient variance C = E||g||^2 - ||E g||^2 (moving averages);
+    * the distance to the optimum D = E||g|| / E h (moving averages);
+
+    then solves the paper's SingleStep problem: sqrt(mu) is the real root of
+    x^2 D^2 + (1 - x)^4 C / h_min^2 (Vieta's substitution of the cubic), mu = max(x^2,
+    ((sqrt(h_max/h_min) - 1) / (sqrt(h_max/h_min) + 1))^2) and lr = (1 - sqrt(mu))^2 / h_min; both are
+    smoothed by ``beta`` and applied as ``buf = mu * buf + g; w -= lr * factor * buf``. The moving averages
+    are zero-debiased. As the authors' code: the tuned rate starts slowly (capped by ``t / (10 window)`` of
+    itself for the first steps) and a gradient far above the curvature range (an exploding gradient) is clipped
+    to sqrt(h_max).
+
+    ``lr`` is the *factor* on the tuned rate (1.0: as tuned; a schedule multiplies it, as the authors'
+    ``lr_factor``); ``weight_decay`` is L2 added to the gradient. The tuned values are in ``tuned()``.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1.0, *, beta: float = 0.999, window: int = 20,
+                 initial_lr: float = 1.0, initial_momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        if lr < 0:
+            raise ValueError(f"lr (the factor on the tuned rate) must be >= 0, got {lr}")
+        if not 0 < beta < 1:
+            raise ValueError(f"beta must be in (0, 1), got {beta}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+        self.beta, self.window = beta, window
+        # global statistics: plain numbers and a list (optimizer state_dict keeps non-parameter keys as they are)
+        self.state["yellowfin"] = {"step": 0, "lr": initial_lr, "mu": initial_momentum, "window": [],
+                                   "h_min_log": 0.0, "h_max": 0.0, "g2": 0.0, "g_norm": 0.0, "dist": 0.0}
+
+    def tuned(self) -> dict[str, float]:
+        """The current tuned learning rate (before the factor) and momentum."""
+        s = self.state["yellowfin"]
+        return {"lr": float(s["lr"]), "momentum": float(s["mu"])}
+
+    @staticmethod
+    def _single_step(h_min: float, h_max: float, variance: float, dist: float) -> tuple[float, float]:
+        """The paper's SingleStep: (momentum, learning rate) for the measured curvature range, variance, distance."""
+        # x = sqrt(mu) solves x^2 D^2 + (1 - x)^4 C / h_min^2; with x = y + 1: y^3 + p y + p = 0, p = D^2 h_min^2 / (2C)
+        p = dist**2 * h_min**2 / (2 * variance)
+        w3 = (-math.sqrt(p**2 + 4 / 27 * p**3) - p) / 2
+        w = math.copysign(abs(w3) ** (1 / 3), w3)
+        x = (w - p / (3 * w)) + 1 if w != 0 else 1.0
+        ratio = math.sqrt(max(h_max / h_min, 1.0))
+        mu = max(x**2, ((ratio - 1) / (ratio + 1)) ** 2)
+        return mu, (1 - math.sqrt(mu)) ** 2 / h_min
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        s, beta, eps = self.state["yellowfin"], self.beta, 1e-12
+        grads: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]] = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("YellowFin does not support sparse gradients")
+                g = p.grad if group["weight_decay"] == 0 else p.grad.add(p, alpha=group["weight_decay"])
+                grads.append((p, g, group))
+        if not grads:
+            return loss
+        h = float(sum(torch.sum(g.float() * g.float()) for _, g, _ in grads))  # one sync per step
+        t = s["step"]
+        debias = 1 - beta ** (t + 1)
+        if t > 0 and h > s["h_max"] * 100 and s["h_max"] > 0:  # exploding gradient: clip to sqrt(h_max)
+            scale = math.sqrt(s["h_max"] / h)
+            grads = [(p, g * scale, group) for p, g, group in grads]
+            h = s["h_max"]
+        s["window"] = (s["window"] + [h])[-self.window:]
+        s["h_min_log"] = beta * s["h_min_log"] + (1 - beta) * math.log(min(s["window"]) + eps)
+        s["h_max"] = beta * s["h_max"] + (1 - beta) * max(s["window"])
+        s["g2"] = beta * s["g2"] + (1 - beta) * h
+        s["g_norm"] = beta * s["g_norm"] + (1 - beta) * math.sqrt(h)
+        mean_sq = 0.0
+        for p, g, _ in grads:
+            st = self.state[p]
+            if "grad_avg" not in st:
+                st["grad_avg"] = torch.zeros_like(p)
+                st["momentum_buffer"] = torch.zeros_like(p)
+            st["grad_avg"].mul_(beta).add_(g, alpha=1 - beta)
+            mean_sq += float(torch.sum(st["grad_avg"] * st["grad_avg"]))
+        s["dist"] = beta * s["dist"] + (1 - beta) * s["g_norm"] / (s["g2"] + eps)
+        h_min, h_max = math.exp(s["h_min_log"] / debias), s["h_max"] / debias
+        variance = max(s["g2"] / debias - mean_sq / debias**2, 1e-6)
+        if t > 0:
+            mu_t, lr_t = self._single_step(max(h_min, eps), max(h_max, h_min, eps), variance, s["dist"] / debias)
+            lr_t = min(lr_t, lr_t * (t + 1) / (10 * self.window))  # slow start
+            s["mu"] = beta * s["mu"] + (1 - beta) * mu_t
+            s["lr"] = beta * s["lr"] + (1 - beta) * lr_t
+        s["step"] = t + 1
+        for p, g, group in grads:
+            buf = self.state[p]["momentum_buffer"]
+            buf.mul_(s["mu"]).add_(g)
+            p.sub_(buf, alpha=s["lr"] * group["lr"])
+        return loss
+
+
 def _is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
 
@@ -143,8 +254,10 @@ def build_optimizer(
     rmsprop_eps: float = 1.0,
     betas: tuple[float, float] = (0.9, 0.999),
 ) -> torch.optim.Optimizer:
-    """``"rmsprop_tf"`` (the paper's), ``"sgd"`` (Nesterov by default) or ``"adamw"`` over
-    ``param_groups(model, ...)``. For AdamW the decay is decoupled (AdamW's own); for the others it is L2."""
+    """``"rmsprop_tf"`` (the paper's), ``"sgd"`` (Nesterov by default), ``"adamw"``, ``"nadam"`` (Keras's
+    Nadam, the seed's CIFAR-10 optimizer) or ``"yellowfin"`` (``lr`` is a factor on its tuned rate: 1.0 as
+    tuned) over ``param_groups(model, ...)``. For AdamW the decay is decoupled (AdamW's own); for the others
+    it is L2."""
     groups = param_groups(model, weight_decay=weight_decay, depthwise_weight_decay=depthwise_weight_decay,
                           norm_bias_weight_decay=norm_bias_weight_decay)
     if not groups:
@@ -155,6 +268,11 @@ def build_optimizer(
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    if name == "nadam":
+        # Keras's Nadam: epsilon 1e-7 and its momentum-decay schedule (torch's momentum_decay=0.004 is the same)
+        return torch.optim.NAdam(groups, lr=lr, betas=betas, eps=1e-7)
+    if name == "yellowfin":
+        return YellowFin(groups, lr=lr)
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 

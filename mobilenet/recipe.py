@@ -50,7 +50,8 @@ class TrainConfig:
     epochs: int = _f(10, "number of epochs")
     batch_size: int = _f(128, "GLOBAL batch per optimiser step (split over ranks and accum_steps)")
     accum_steps: int = _f(1, "gradient accumulation: micro-batches per optimiser step")
-    optimizer: Literal["rmsprop_tf", "sgd", "adamw"] = _f("sgd", "rmsprop_tf (the paper's), sgd (Nesterov), adamw")
+    optimizer: Literal["rmsprop_tf", "sgd", "adamw", "nadam", "yellowfin"] = _f(
+        "sgd", "rmsprop_tf (the paper's), sgd (Nesterov), adamw, nadam, yellowfin (lr: a factor on its tuned rate)")
     lr: float = _f(0.1, "base learning rate")
     momentum: float = _f(0.9, "momentum (sgd, rmsprop_tf)")
     nesterov: bool = _f(True, "Nesterov momentum for sgd")

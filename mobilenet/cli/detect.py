@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import detect_video
+
 NAME = "detect"
 HELP = "object detection with MobileNet-SSD: train, eval, predict, convert, export"
 DESCRIPTION = __doc__
@@ -36,7 +38,8 @@ def _data_args(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-OPTIMIZER_CHOICES = ("sgd", "adamw", "rmsprop_tf")  # mobilenet.optim.OPTIMIZERS, not imported at start-up
+# mobilenet.optim.OPTIMIZERS, not imported at start-up
+OPTIMIZER_CHOICES = ("sgd", "adamw", "rmsprop_tf", "nadam", "yellowfin")
 SCHEDULE_CHOICES = ("exponential", "cosine", "step", "constant")  # mobilenet.optim.SCHEDULES
 # `detect train` defaults that differ from the library's DetTrainConfig/DetSetup defaults
 CLI_DEFAULTS: dict[str, Any] = {"workers": 2}
@@ -141,6 +144,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     x.add_argument("--iou-threshold", type=float)
     x.add_argument("--pre-nms-top-k", type=int, help="candidates kept before NMS (per class in per-class mode)")
     x.add_argument("--max-detections", type=int, help="detections per image")
+    detect_video.add_parser(sub)  # `detect video` lives in cli/detect_video.py
 
 
 def _dataset(fmt: str, root: str, split: str, classes: list[str] | None, *, val_fraction: float = 0.2,
@@ -381,5 +385,7 @@ def _calibration(model: Any, inputs: list[str], count: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.detect_command == "video":
+        return detect_video.run(args)
     return {"train": _train, "eval": _eval, "predict": _predict, "convert": _convert,
             "export": _export}[args.detect_command](args)
