@@ -27,31 +27,36 @@ sys.path.insert(0, str(REPO))
 
 from mobilenet.detection.datasets import read_kitti, read_voc  # noqa: E402
 from mobilenet.detection.evaluate import evaluate_detector  # noqa: E402
-from mobilenet.detection.train import adopt_classes, resolve_recipe, set_input_size, train_detector  # noqa: E402
+from mobilenet.engine.detect import adopt_classes, fit_detector, set_input_size  # noqa: E402
+from mobilenet.recipe import DetectConfig, resolve  # noqa: E402
 from mobilenet.tflite.ssd import import_detect_tflite  # noqa: E402
 
 DATA = Path(os.environ.get("MOBILENET_DATA", REPO.parent / "shared" / "data"))
 
 
 def run(name: str, ds, recipe: str, epochs: int) -> dict:
-    setup, cfg = resolve_recipe(REPO / "configs" / recipe, {"epochs": epochs, "eval_every": 0, "device": "cpu",
-                                                            "workers": 0, "freeze_bn": True})
-    metric = cfg.metric
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = resolve(REPO / "configs" / recipe, {"epochs": epochs, "eval_every": 0, "device": "cpu", "workers": 0,
+                                                  "freeze_bn": True, "out": tmp, "tensorboard": False,
+                                                  "curves": False}, DetectConfig)
+        metric = cfg.metric
+        return _run(name, ds, recipe, epochs, cfg, metric)
+
+
+def _run(name: str, ds, recipe: str, epochs: int, cfg: DetectConfig, metric: str) -> dict:
     model = import_detect_tflite(DATA / "weights" / "tflite" / "detect.tflite")
     adopt_classes(model, ds.class_names)  # new class heads, named as the dataset's
-    set_input_size(model, setup.image_hw() or model.config.image_size)
+    set_input_size(model, cfg.image_hw() or model.config.image_size)
     model.config = type(model.config).from_dict({**model.config.to_dict(), "postprocess": {
         **model.config.postprocess.to_dict(), "score_fn": "softmax", "nms_mode": "per_class", "max_detections": 100,
-        "score_threshold": 0.01}})  # what train_detector would set for the softmax loss; needed for "before"
+        "score_threshold": 0.01}})  # what the detection task would set for the softmax loss; needed for "before"
     before = evaluate_detector(model, ds, metric=metric)["map"]
     t = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        r = train_detector(model, ds, ds, cfg, tmp, progress=False, log=lambda s: None)
-    h = r["history"]
+    h = fit_detector(cfg, model=model, train_set=ds, val_set=ds)["history"]
     return {"dataset": name, "recipe": recipe, "image_size": list(model.config.image_size), "images": len(ds),
             "classes": ds.class_names, "epochs": epochs, "optimizer": cfg.optimizer, "lr": cfg.lr,
             "batch": min(cfg.batch_size, len(ds)),
-            "loss_first": round(h[0]["loss"], 3), "loss_last": round(h[-1]["loss"], 3),
+            "loss_first": round(h[0]["train_loss"], 3), "loss_last": round(h[-1]["train_loss"], 3),
             f"{metric}_map_before": round(before, 4), f"{metric}_map_after": round(h[-1]["map"], 4),
             "seconds": round(time.time() - t, 1)}
 

@@ -4,7 +4,7 @@ Made from data this project generates (``mobilenet.detection.synthetic``), so th
 redistributed. Steps (1 torch thread; steps 3-4 run the real CLI commands in subprocesses):
 
 1. generate the shapes set of the evidence test (2000 train / 100 test images, 64x64, seed 0);
-2. train through ``mobilenet.detection.train.train_detector`` (in process, seeded init): alpha 0.25, 64x64
+2. train through ``mobilenet.engine.detect.fit_detector`` (in process, seeded init): alpha 0.25, 64x64
    input, the evidence test's recipe (AdamW, lr 0.01, 10 epochs, no augmentation);
 3. ``mobilenet detect eval`` on the held-out test split (VOC all-point mAP@0.5);
 4. ``mobilenet detect predict`` on the first ``--tiles`` test images (no choosing), enlarged 4x (bicubic) so
@@ -56,27 +56,29 @@ def cli(args: list[str], threads: int, commands: list[str]) -> str:
 
 
 def train(shapes: Path, run_dir: Path, epochs: int, seed: int, threads: int, commands: list[str]) -> Path:
-    """The evidence test's training, in this process through the library's entry point; return final weights.
+    """The evidence test's training, in this process through the engine's detection task; return the last weights.
 
-    In process rather than `mobilenet detect train`, because that command builds the SSD before anything
-    seeds torch: its initial weights (and so its mAP) change from run to run. Here the init is seeded.
+    In process, as the test runs it (the SSD built here and handed over; its initial weights seeded).
     """
     import torch
 
     from mobilenet.detection import SSD, SSDConfig
-    from mobilenet.detection.train import DetTrainConfig, train_detector
+    from mobilenet.engine.detect import fit_detector
+    from mobilenet.recipe import DetectConfig
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)  # the SSD's initial weights
     model = SSD(SSDConfig(num_classes=len(SHAPE_CLASSES), width_mult=0.25, image_size=(64, 64)))
-    cfg = DetTrainConfig(epochs=epochs, batch_size=64, optimizer="adamw", lr=1e-2, weight_decay=0.0,
-                         warmup_epochs=1, augment=False, eval_every=0, metric="voc", device="cpu", seed=seed)
-    commands.append(f"torch.manual_seed({seed}); train_detector(SSD(SSDConfig(num_classes=3, width_mult=0.25, "
-                    f"image_size=(64, 64))), read_voc(shapes, 'trainval'), read_voc(shapes, 'test'), {cfg!r}, run)")
+    cfg = DetectConfig(epochs=epochs, batch_size=64, optimizer="adamw", lr=1e-2, weight_decay=0.0,
+                       warmup_epochs=1, augment=False, eval_every=0, metric="voc", device="cpu", seed=seed,
+                       out=str(run_dir), tensorboard=False)
+    commands.append(f"torch.manual_seed({seed}); fit_detector({cfg!r}, model=SSD(SSDConfig(num_classes=3, "
+                    f"width_mult=0.25, image_size=(64, 64))), train_set=read_voc(shapes, 'trainval'), "
+                    f"val_set=read_voc(shapes, 'test'))")
     print(f"$ {commands[-1]}", flush=True)
-    result = train_detector(model, read_voc(shapes, "trainval", SHAPE_CLASSES), read_voc(shapes, "test", SHAPE_CLASSES),
-                            cfg, run_dir, progress=True, log=print)
-    return result["final"]
+    end = fit_detector(cfg, model=model, train_set=read_voc(shapes, "trainval", SHAPE_CLASSES),
+                       val_set=read_voc(shapes, "test", SHAPE_CLASSES))
+    return Path(end["last"])
 
 
 def tile(pictures: list[Path], out: Path, columns: int, gutter: int = 4, colours: int = 64) -> Path:

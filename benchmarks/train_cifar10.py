@@ -9,9 +9,11 @@ per-image Python work. Settings:
 * ``keras_alpha05``: the seed's Keras example setting, alpha 0.5, 32x32 input, plain stem (stride 2),
   trained with Nadam (lr 0.002, Keras's) as that example is.
 
-Both use the library's pieces (``MobileNetV1``, ``build_optimizer``, ``lr_multiplier``,
-``evaluate``); the clock covers training and the per-epoch test evaluation, not the one-off decode
-(reported separately). Prints a table and JSON; saves accuracy-vs-time curves.
+Both train with the product's own trainer (``mobilenet.engine.classify.train``, the engine behind
+``mobilenet train``) on its on-device data path (``device_data``): the same loop, schedules, AMP,
+checkpoints and validation as every other run, each setting's run folder under ``--out``. The clock
+covers training, the per-epoch test evaluation and the engine's per-epoch state saves, not the one-off
+decode (reported separately). Prints a table and JSON; saves accuracy-vs-time curves.
 
     python benchmarks/train_cifar10.py --data ../shared/data/cifar10                      # GPU, full
     python benchmarks/train_cifar10.py --data ../shared/data/cifar10 --device cpu --epochs 1 \\
@@ -26,9 +28,9 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 SETTINGS = {
     "alpha1_stem1": dict(width_mult=1.0, stem_stride=1),
@@ -64,94 +66,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_split(data: str, split: str, device: torch.device, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from mobilenet.data import SubsetView, load_tensor_dataset, open_image_dataset
+def load_split(data: str, split: str, device: torch.device, limit: int) -> Any:
+    """The split decoded once into uint8 (N, 3, 32, 32) images and labels on ``device`` (a DecodedImages)."""
+    from mobilenet.data import DecodedImages, SubsetView, load_tensor_dataset, open_image_dataset
 
     ds = open_image_dataset(f"cifar10:{data}#{split}", check="none")
     if limit:  # a spread of classes, not the first folder only
         step = max(len(ds) // limit, 1)
         ds = SubsetView(ds, list(range(0, len(ds), step))[:limit])
     d = load_tensor_dataset(ds, progress=sys.stderr.isatty())
-    return d[0].to(device), d[1].to(device)
+    return DecodedImages(d.images.to(device), d.labels.to(device), d.class_names, d.skipped)
 
 
-def run_setting(name: str, args: argparse.Namespace, train: tuple, test: tuple, device: torch.device) -> dict:
-    from mobilenet.data import cutout, normalize_batch, random_crop_flip
-    from mobilenet.evaluate import evaluate
-    from mobilenet.model import MobileNetV1
-    from mobilenet.optim import build_optimizer, lr_multiplier
-    from mobilenet.preprocessing import Preprocessing
+def run_setting(name: str, args: argparse.Namespace, train: Any, test: Any, device: torch.device) -> dict:
+    from mobilenet.engine.classify import train as train_run
+    from mobilenet.recipe import TrainConfig
 
-    torch.manual_seed(args.seed)
-    pre = Preprocessing(resolution=32, crop_fraction=1.0)
-    model = MobileNetV1(resolution=32, num_classes=10, **SETTINGS[name]).to(device)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    net = torch.compile(model) if args.compile else model
     opt_name, opt_lr = OPTIMIZERS[name]
     base_lr = opt_lr or args.lr
-    opt = build_optimizer(model, opt_name, lr=base_lr, weight_decay=args.weight_decay, nesterov=True)
-    x_train, y_train = train
-    steps_per_epoch = len(x_train) // args.batch_size
-    if steps_per_epoch < 1:
-        raise SystemExit(f"--batch-size {args.batch_size} is larger than the {len(x_train)} training images")
-    sched = lr_multiplier("cosine", steps_per_epoch=steps_per_epoch, total_epochs=args.epochs,
-                          warmup_epochs=args.warmup_epochs)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-
-    def test_batches():
-        x_test, y_test = test
-        for i in range(0, len(x_test), 1000):
-            yield normalize_batch(x_test[i:i + 1000], pre, channels_last=args.channels_last), y_test[i:i + 1000]
+    if len(train.labels) < args.batch_size:
+        raise SystemExit(f"--batch-size {args.batch_size} is larger than the {len(train.labels)} training images")
+    cfg = TrainConfig(
+        resolution=32, **SETTINGS[name], device_data=True, augment="cifar", cutout=args.cutout, crop_fraction=1.0,
+        normalization="imagenet", optimizer=opt_name, lr=base_lr, momentum=0.9, nesterov=True,
+        weight_decay=args.weight_decay, schedule="cosine", warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+        device=str(device), epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, workers=0,
+        out=str(Path(args.out) / name), keep_last=1, tensorboard=False, curves=False,
+        log_every_steps=1_000_000_000)  # read the loss back at epoch ends only: no host sync inside an epoch
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    curve, step, reached = [], 0, None
-    sync()
-    t0 = time.perf_counter()
-    for epoch in range(args.epochs):
-        model.train()
-        order = torch.randperm(len(x_train), device=device, generator=gen)
-        loss_sum = torch.zeros((), device=device)
-        for k in range(steps_per_epoch):
-            idx = order[k * args.batch_size:(k + 1) * args.batch_size]
-            xb = random_crop_flip(x_train[idx], 4, generator=gen)
-            if args.cutout:
-                xb = cutout(xb, args.cutout, generator=gen)
-            xb = normalize_batch(xb, pre, channels_last=args.channels_last)
-            for g in opt.param_groups:
-                g["lr"] = base_lr * sched(step)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = F.cross_entropy(net(xb), y_train[idx], label_smoothing=args.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            loss_sum += loss.detach()
-            step += 1
-        res = evaluate(net, test_batches(), device=device, amp=args.amp)
-        sync()
-        seconds = time.perf_counter() - t0
-        curve.append({"epoch": epoch + 1, "seconds": seconds, "train_loss": float(loss_sum) / steps_per_epoch,
-                      "test_top1": res["top1"], "test_loss": res["loss"]})
-        print(f"  [{name}] epoch {epoch + 1:>3}/{args.epochs}: {seconds:7.1f} s  train loss "
-              f"{curve[-1]['train_loss']:.3f}  test top-1 {res['top1']:.2f}%", flush=True)
-        if reached is None and res["top1"] >= args.target:
-            reached = seconds
-        if seconds > args.budget_min * 60:
-            print(f"  [{name}] stopped: {args.budget_min} min budget spent", flush=True)
-            break
+    curve, reached, params, t0 = [], None, 0, 0.0
+    events = train_run(cfg, train_set=train, val_set=test)
+    try:
+        for ev in events:
+            if ev["event"] == "start":
+                params = ev["params"]
+                sync()
+                t0 = time.perf_counter()
+            elif ev["event"] == "epoch":
+                sync()
+                seconds = time.perf_counter() - t0
+                curve.append({"epoch": ev["epoch"], "seconds": seconds, "train_loss": ev["train_loss"],
+                              "test_top1": ev["val_top1"], "test_loss": ev["val_loss"]})
+                print(f"  [{name}] epoch {ev['epoch']:>3}/{args.epochs}: {seconds:7.1f} s  train loss "
+                      f"{curve[-1]['train_loss']:.3f}  test top-1 {ev['val_top1']:.2f}%", flush=True)
+                if reached is None and ev["val_top1"] >= args.target:
+                    reached = seconds
+                if seconds > args.budget_min * 60:
+                    print(f"  [{name}] stopped: {args.budget_min} min budget spent", flush=True)
+                    break
+    finally:
+        events.close()  # a stop on the budget ends the run here (no further saves)
     return {
-        "setting": name, **SETTINGS[name], "optimizer": opt_name, "lr": base_lr,
-        "params": sum(p.numel() for p in model.parameters()),
+        "setting": name, **SETTINGS[name], "optimizer": opt_name, "lr": base_lr, "params": params,
         "epochs_run": len(curve), "final_top1": curve[-1]["test_top1"], "best_top1": max(c["test_top1"] for c in curve),
         "seconds": curve[-1]["seconds"], "seconds_to_target": reached, "target": args.target, "curve": curve,
     }
@@ -199,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "threads": torch.get_num_threads(), "amp": args.amp,
            "channels_last": args.channels_last, "compile": args.compile, "batch_size": args.batch_size,
-           "epochs": args.epochs, "train_images": len(train[0]), "test_images": len(test[0]),
+           "epochs": args.epochs, "train_images": len(train.labels), "test_images": len(test.labels),
            "decode_seconds": decode_s}
     print(f"CIFAR-10 on {env['device']}: {env['train_images']} train / {env['test_images']} test images decoded "
           f"to {device} in {decode_s:.1f} s; {args.amp}, channels_last={args.channels_last}, batch {args.batch_size}")

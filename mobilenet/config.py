@@ -50,21 +50,32 @@ def flatten_tables(d: dict[str, Any], source: str) -> dict[str, Any]:
     return flat
 
 
-def field_types(cls: type, name: str) -> tuple[type, ...]:
-    """The types a value of field ``name`` may have (``Literal`` -> str, ``X | None`` -> X)."""
+def _members(cls: type, name: str) -> tuple[Any, ...]:
+    """The type hint of field ``name`` as a tuple of alternatives, ``None`` left out (``X | None`` -> (X,))."""
     t = typing.get_type_hints(cls)[name]
-    origin = typing.get_origin(t)
-    if origin is Literal:
-        return (str,)
-    if origin in (typing.Union, types.UnionType):
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
         return tuple(a for a in typing.get_args(t) if a is not type(None))
     return (t,)
 
 
+def field_types(cls: type, name: str) -> tuple[type, ...]:
+    """The types a value of field ``name`` may have (``Literal[...]`` -> str, ``X | None`` -> X)."""
+    return tuple(str if typing.get_origin(t) is Literal else t for t in _members(cls, name))
+
+
 def field_choices(cls: type, name: str) -> list[Any] | None:
-    """The allowed values of a ``Literal`` field, else None."""
-    t = typing.get_type_hints(cls)[name]
-    return list(typing.get_args(t)) if typing.get_origin(t) is Literal else None
+    """The allowed values of a ``Literal`` (or ``Literal | None``) field, else None."""
+    literals = [t for t in _members(cls, name) if typing.get_origin(t) is Literal]
+    return list(typing.get_args(literals[0])) if literals else None
+
+
+def check_choices(obj: Any) -> None:
+    """``ValueError`` naming the field when a ``Literal`` field of the dataclass ``obj`` holds another value."""
+    for f in fields(obj):
+        choices = field_choices(type(obj), f.name)
+        value = getattr(obj, f.name)
+        if choices is not None and value is not None and value not in choices:
+            raise ValueError(f"{f.name} must be one of {', '.join(str(c) for c in choices)}, got {value!r}")
 
 
 def coerce(values: dict[str, Any], source: str, cls: type, *, what: str = "training",
@@ -106,7 +117,7 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
         if f.name in skip:
             continue
         flag = (flags or {}).get(f.name) or "--" + f.name.replace("_", "-")
-        help_ = f"{f.metadata.get('help', '')} (default: {f.default})"
+        help_ = f.metadata.get("help", "") + (f" (default: {f.default})" if f.default is not None else "")
         types_ = field_types(cls, f.name)
         choices = field_choices(cls, f.name)
         if types_ == (bool,):

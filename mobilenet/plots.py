@@ -17,7 +17,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(history: Sequence[dict[str, Any]], out: str | Path, *, title: str | None = None) -> Path:
-    """Loss (train/val), accuracy (train/val top-1) and learning rate against epoch, in one PNG.
+    """Loss (train/val; a detector's box and class terms), accuracy (train/val top-1; a detector's validation mAP)
+    and learning rate against epoch, in one PNG.
 
     Raises ImportError with an install hint when matplotlib is missing.
     """
@@ -35,12 +36,13 @@ def plot_curves(history: Sequence[dict[str, Any]], out: str | Path, *, title: st
         raise ValueError("no epochs to plot: the metrics history is empty")
     epochs = [r["epoch"] for r in rows]
 
-    def series(key: str) -> tuple[list[float], list[float]]:
-        pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+    def series(key: str, scale: float = 1.0) -> tuple[list[float], list[float]]:
+        pts = [(r["epoch"], r[key] * scale) for r in rows if r.get(key) is not None]
         return [p[0] for p in pts], [p[1] for p in pts]
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+    for key, label in (("train_loss", "train"), ("val_loss", "validation"), ("train_box_loss", "train (boxes)"),
+                       ("train_cls_loss", "train (classes)")):
         xs, ys = series(key)
         if xs:
             axes[0].plot(xs, ys, marker="o", ms=3, label=label)
@@ -48,9 +50,10 @@ def plot_curves(history: Sequence[dict[str, Any]], out: str | Path, *, title: st
     losses = [r[k] for r in rows for k in ("train_loss", "val_loss") if r.get(k) is not None]
     if losses and min(losses) > 0 and max(losses) / min(losses) > 50:  # early BN-statistics spikes dwarf the rest
         axes[0].set_yscale("log")
-    accuracy_series = (("train_acc", "train top-1"), ("val_top1", "validation top-1"), ("val_top5", "validation top-5"))
-    for key, label in accuracy_series:
-        xs, ys = series(key)
+    accuracy_series = (("train_acc", "train top-1", 1), ("val_top1", "validation top-1", 1),
+                       ("val_top5", "validation top-5", 1), ("map", "validation mAP", 100))
+    for key, label, scale in accuracy_series:
+        xs, ys = series(key, scale)
         if xs:
             axes[1].plot(xs, ys, marker="o", ms=3, label=label)
     axes[1].set(title="accuracy (%)", xlabel="epoch")

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("detection: the SSD and its parts", ("mobilenet.detection",)),
     ("importers: foreign weights into our models", (
         "mobilenet.convert", "mobilenet.tflite.classifier", "mobilenet.tflite.ssd", "mobilenet.tflite.parity")),
-    ("training: the engine and its tasks", ("mobilenet.train", "mobilenet.recipe", "mobilenet.engine")),
+    ("training: the engine and its tasks", ("mobilenet.recipe", "mobilenet.engine")),
     ("applications", ("mobilenet.video", "mobilenet.serve", "mobilenet.embed")),
     ("the public API", ("mobilenet",)),
     ("the command line", ("mobilenet.cli", "mobilenet.__main__")),

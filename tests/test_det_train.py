@@ -1,73 +1,128 @@
-"""Evidence that the detection parts work together: a small SSD trained on generated shapes reaches mAP@0.5 >= 0.9."""
+"""Detection through the training engine: a small SSD learns generated shapes to mAP@0.5 >= 0.9, resumes exactly
+after a SIGKILL, and the recipes resolve."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from mobilenet.checkpoint import read
 from mobilenet.detection import SSD, SSDConfig
 from mobilenet.detection.datasets import read_voc
 from mobilenet.detection.synthetic import SHAPE_CLASSES, make_shapes_voc
-from mobilenet.detection.train import DetTrainConfig, train_detector
-from mobilenet.train_state import list_states
+from mobilenet.engine.detect import fit_detector, train_detector
+from mobilenet.recipe import DetectConfig, resolve
+from mobilenet.train_state import latest_state, list_states
 from mobilenet.weights import WeightsInfo
 
-
-@pytest.fixture
-def one_thread():
-    # 2 shared cores: one intra-op thread avoids OpenMP spin-waiting against other processes (10x faster here)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+QUIET = dict(device="cpu", tensorboard=False, curves=False)
 
 
 @pytest.mark.slow
-def test_small_ssd_learns_shapes_to_map_090(tmp_path, one_thread):
+def test_small_ssd_learns_shapes_to_map_090(tmp_path):
     root = make_shapes_voc(tmp_path / "shapes", num_train=2000, num_test=100, image_size=64, min_frac=0.3,
                            max_frac=0.6, max_objects=2, easy=True, seed=0)
     train, test = read_voc(root, "trainval", SHAPE_CLASSES), read_voc(root, "test", SHAPE_CLASSES)
     model = SSD(SSDConfig(num_classes=3, width_mult=0.25, image_size=(64, 64)))
-    cfg = DetTrainConfig(epochs=10, batch_size=64, optimizer="adamw", lr=1e-2, weight_decay=0.0, warmup_epochs=1,
-                         augment=False, eval_every=0, metric="voc", device="cpu")
-    result = train_detector(model, train, test, cfg, tmp_path / "run", progress=False, log=lambda s: None)
-    history = result["history"]
-    assert history[-1]["loss"] < history[0]["loss"] / 2
+    cfg = DetectConfig(epochs=10, batch_size=64, optimizer="adamw", lr=1e-2, weight_decay=0.0, warmup_epochs=1,
+                       augment=False, eval_every=0, metric="voc", out=str(tmp_path / "run"), **QUIET)
+    end = fit_detector(cfg, model=model, train_set=train, val_set=test)
+    history = end["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"] / 2
     assert history[-1]["map"] >= 0.9, history
-    assert result["final"].is_file() and result["best"].is_file()
+    assert Path(end["last"]).is_file() and Path(end["best"]).is_file()
 
 
-def test_training_resumes_from_its_last_state(tmp_path, one_thread):
+def test_training_resumes_from_its_last_state(tmp_path):
     root = make_shapes_voc(tmp_path / "shapes", num_train=16, num_test=4, image_size=64, seed=1)
     train = read_voc(root, "trainval", SHAPE_CLASSES)
-    cfg = DetTrainConfig(epochs=1, batch_size=8, optimizer="sgd", lr=1e-3, eval_every=0, device="cpu")
-    model = SSD(SSDConfig(num_classes=3, width_mult=0.25, image_size=(64, 64)))
-    train_detector(model, train, None, cfg, tmp_path / "run", progress=False, log=lambda s: None)
+    common = dict(batch_size=8, optimizer="sgd", lr=1e-3, eval_every=0, out=str(tmp_path / "run"), **QUIET)
+    fit_detector(DetectConfig(epochs=1, **common), model=SSD(SSDConfig(num_classes=3, width_mult=0.25,
+                                                                         image_size=(64, 64))), train_set=train)
     assert len(list_states(tmp_path / "run")) == 1
-    logs: list[str] = []
-    cfg2 = DetTrainConfig(epochs=2, batch_size=8, optimizer="sgd", lr=1e-3, eval_every=0, device="cpu")
     model2 = SSD(SSDConfig(num_classes=3, width_mult=0.25, image_size=(64, 64)))
-    r = train_detector(model2, train, None, cfg2, tmp_path / "run", resume="auto", progress=False, log=logs.append)
-    assert any("resumed" in line for line in logs)
-    assert [h["epoch"] for h in r["history"]] == [1, 2]  # epoch 1 from the state, epoch 2 trained now
+    events = list(train_detector(DetectConfig(epochs=2, resume="auto", **common), model=model2, train_set=train))
+    assert events[0]["resumed_from"] is not None
+    assert [h["epoch"] for h in events[-1]["history"]] == [1, 2]  # epoch 1 from the state, epoch 2 trained now
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and {"train_box_loss", "train_cls_loss"} <= rows[0].keys()
 
 
-def test_fine_tuning_reads_scores_the_way_the_loss_trains_them(tmp_path, one_thread):
+def test_fine_tuning_reads_scores_the_way_the_loss_trains_them(tmp_path):
     from mobilenet.detection.postprocess import PostprocessConfig
 
     root = make_shapes_voc(tmp_path / "shapes", num_train=8, num_test=2, image_size=64, seed=4)
     tf_like = PostprocessConfig(score_fn="sigmoid", nms_mode="class_agnostic", max_detections=10, clip_boxes=False)
     model = SSD(SSDConfig(num_classes=3, width_mult=0.25, image_size=(64, 64), postprocess=tf_like))
-    logs: list[str] = []
-    cfg = DetTrainConfig(epochs=1, batch_size=8, optimizer="sgd", lr=1e-4, eval_every=0, device="cpu", freeze_bn=True)
+    cfg = DetectConfig(epochs=1, batch_size=8, optimizer="sgd", lr=1e-4, eval_every=0, freeze_bn=True,
+                       out=str(tmp_path / "run"), **QUIET)
     bn = model.backbone.stem.bn.running_mean.clone()
-    train_detector(model, read_voc(root, "trainval", SHAPE_CLASSES), None, cfg, tmp_path / "run", progress=False,
-                   log=logs.append)
+    events = list(train_detector(cfg, model=model, train_set=read_voc(root, "trainval", SHAPE_CLASSES)))
     assert model.config.postprocess.score_fn == "softmax" and model.config.postprocess.nms_mode == "per_class"
-    assert any("softmax scores" in line for line in logs)
+    assert any("softmax scores" in note for note in events[0]["notes"])
     assert torch.equal(model.backbone.stem.bn.running_mean, bn)  # freeze_bn: statistics untouched
+
+
+# A detection run with every source of randomness the engine must restore: SSD augmentation (photometric, zoom-out,
+# IoU crop, flip), BatchNorm, EMA. The child is SIGKILLed mid-run; the resumed run must end bit-identical.
+HELPER = textwrap.dedent('''
+    import json, sys, time
+    import torch
+
+    if __name__ == "__main__":
+        torch.set_num_threads(1)
+        from mobilenet.engine.detect import train_detector
+        from mobilenet.recipe import DetectConfig
+
+        for ev in train_detector(DetectConfig(**json.loads(sys.argv[1]))):
+            if ev["event"] == "step" and ev["global_step"] >= 3:
+                time.sleep(0.5)  # slow down after the first save so the parent kills mid-epoch
+''')
+
+
+@pytest.mark.slow
+def test_detect_train_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+    root = make_shapes_voc(tmp_path / "shapes", num_train=16, num_test=2, image_size=64, seed=3)
+    common = dict(data=str(root), classes=list(SHAPE_CLASSES), width_mult=0.25, image_size=64, epochs=2,
+                  batch_size=4, optimizer="rmsprop_tf", lr=1e-3, ema_decay=0.9, deterministic=True,
+                  save_every_steps=3, eval_every=0, seed=7, **QUIET)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # 16 images / batch 4 = 4 steps per epoch, 8 in all; states at steps 3, 4, 6, 7, 8
+        ref = fit_detector(DetectConfig(**common, out=str(tmp_path / "ref")))
+        (tmp_path / "helper.py").write_text(HELPER)
+        run = tmp_path / "killed"
+        proc = subprocess.Popen([sys.executable, str(tmp_path / "helper.py"), json.dumps({**common, "out": str(run)})],
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        while not (run / "states" / "step-00000003" / "state.json").exists():
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() - t0 < 180, "timed out waiting for the first state"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert latest_state(run).name in ("step-00000003", "step-00000004")  # killed mid-run
+        resumed = fit_detector(DetectConfig(**common, out=str(run), resume="auto"))
+    finally:
+        torch.set_num_threads(n)
+    assert resumed["global_step"] == ref["global_step"] == 8
+    want, _ = read(ref["last"])
+    got, _ = read(resumed["last"])
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    assert [r["train_loss"] for r in resumed["history"]] == pytest.approx([r["train_loss"] for r in ref["history"]])
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -75,47 +130,43 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.mark.parametrize("name", ["ssd_voc", "ssd_kitti"])
 def test_detection_recipes_resolve_and_flags_win(name):
-    from mobilenet.detection.train import resolve_recipe
-
     path = CONFIGS / f"{name}.toml"
-    setup, cfg = resolve_recipe(path)
+    cfg = resolve(path, cls=DetectConfig)
     assert cfg.neg_pos_ratio == 3.0 and cfg.classification == "softmax" and cfg.optimizer == "rmsprop_tf"
     if name == "ssd_voc":
-        assert setup.format == "voc" and setup.image_hw() == (300, 300) and cfg.batch_size == 24
-        assert cfg.metric == "voc07" and setup.class_names() is None  # the 20 VOC classes
+        assert cfg.data_format == "voc" and cfg.image_hw() == (300, 300) and cfg.batch_size == 24
+        assert cfg.metric == "voc07" and cfg.class_names() is None  # the 20 VOC classes
     else:
-        assert setup.format == "kitti" and setup.image_hw() == (384, 1248) and cfg.metric == "kitti"
-        assert setup.class_names() == ["Car", "Pedestrian", "Cyclist"]
-    setup2, cfg2 = resolve_recipe(path, {"lr": 0.1, "image_size": "64"}, defaults={"workers": 2, "seed": 5})
-    assert cfg2.lr == 0.1 and setup2.image_hw() == (64, 64)  # overrides beat the recipe
+        assert cfg.data_format == "kitti" and cfg.image_hw() == (384, 1248) and cfg.metric == "kitti"
+        assert cfg.class_names() == ["Car", "Pedestrian", "Cyclist"]
+    cfg2 = resolve(path, {"lr": 0.1, "image_size": "64"}, DetectConfig, defaults={"workers": 2, "seed": 5})
+    assert cfg2.lr == 0.1 and cfg2.image_hw() == (64, 64)  # overrides beat the recipe
     assert cfg2.workers == 4 and cfg2.seed == 0  # the recipe beats the defaults
     assert cfg2.epochs == cfg.epochs  # the rest from the recipe
 
 
 def test_recipe_errors_name_the_file_and_the_key(tmp_path):
-    from mobilenet.detection.train import DetTrainConfig, resolve_recipe
-
     bad = tmp_path / "bad.toml"
     bad.write_text("[optim]\nlearning_rate = 0.1\n")
     with pytest.raises(ValueError, match=r"bad.toml: unknown training option 'learning_rate'"):
-        resolve_recipe(bad)
+        resolve(bad, cls=DetectConfig)
     bad.write_text("[model]\nwidth_mult = 'wide'\n")
     with pytest.raises(ValueError, match=r"bad.toml: width_mult must be float, got 'wide'"):
-        resolve_recipe(bad)
+        resolve(bad, cls=DetectConfig)
     bad.write_text("image_size = '300x'\n")
     with pytest.raises(ValueError, match=r"image_size must be N or HxW, got '300x'"):
-        resolve_recipe(bad)
+        resolve(bad, cls=DetectConfig)
     with pytest.raises(ValueError, match="optimizer must be one of rmsprop_tf, sgd, adamw, got 'adam'"):
-        DetTrainConfig(optimizer="adam")
+        DetectConfig(optimizer="adam")
     with pytest.raises(FileNotFoundError, match="recipe not found"):
-        resolve_recipe(tmp_path / "missing.toml")
+        resolve(tmp_path / "missing.toml", cls=DetectConfig)
     # with no recipe and no metric, KITTI data is scored with the KITTI metric
-    assert resolve_recipe(None, {"format": "kitti"})[1].metric == "kitti"
+    assert resolve(None, {"data_format": "kitti"}, DetectConfig).metric == "kitti"
 
 
 def test_set_input_size_drops_anchors_stored_for_the_old_size(tmp_path):
     from mobilenet.checkpoint import load, save
-    from mobilenet.detection.train import set_input_size
+    from mobilenet.engine.detect import set_input_size
 
     model = SSD(SSDConfig(num_classes=2, width_mult=0.25, image_size=(64, 64), anchors_in_weights=True)).eval()
     assert not set_input_size(model, (64, 64)) and hasattr(model, "anchor_table")
@@ -130,7 +181,7 @@ def test_set_input_size_drops_anchors_stored_for_the_old_size(tmp_path):
 
 def test_adopt_classes_renames_so_evaluation_does_not_map_by_the_old_names(tmp_path):
     from mobilenet.detection.evaluate import evaluate_detector
-    from mobilenet.detection.train import adopt_classes
+    from mobilenet.engine.detect import adopt_classes
 
     root = make_shapes_voc(tmp_path / "shapes", num_train=2, num_test=2, image_size=64, seed=5)
     test = read_voc(root, "test", SHAPE_CLASSES)
@@ -138,10 +189,10 @@ def test_adopt_classes_renames_so_evaluation_does_not_map_by_the_old_names(tmp_p
     model.weights_info = WeightsInfo(classes=["person", "car", "dog", "cat", "bird"], extra={"x": 1})
     with pytest.raises(ValueError, match="share no name"):  # what fine-tuning an import ran into
         evaluate_detector(model, test)
-    cfg = DetTrainConfig(epochs=1, batch_size=2, optimizer="sgd", lr=1e-4, eval_every=0, device="cpu")
+    cfg = DetectConfig(epochs=1, batch_size=2, optimizer="sgd", lr=1e-4, eval_every=0, out=str(tmp_path / "run"),
+                       **QUIET)
     with pytest.raises(ValueError, match="the model detects 5 classes, the training set has 3"):
-        train_detector(model, read_voc(root, "trainval", SHAPE_CLASSES), None, cfg, tmp_path / "run",
-                       progress=False, log=lambda s: None)
+        fit_detector(cfg, model=model, train_set=read_voc(root, "trainval", SHAPE_CLASSES))
     adopt_classes(model, list(SHAPE_CLASSES))
     assert model.config.num_classes == 3 and model.cls_heads[0].out_channels == 3 * 4
     assert model.weights_info == WeightsInfo(classes=list(SHAPE_CLASSES), extra={"x": 1})

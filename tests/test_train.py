@@ -9,9 +9,10 @@ import torch
 
 from mobilenet.checkpoint import load, save
 from mobilenet.distributed import ShardedBatchSampler
+from mobilenet.engine.classify import build_model, distillation_loss, fit, train
+from mobilenet.engine.data import SeededDataset
 from mobilenet.model import MobileNetV1
 from mobilenet.recipe import TrainConfig, resolve
-from mobilenet.train import SeededDataset, build_model, distillation_loss, fit, train
 from mobilenet.train_state import latest_state, list_states
 
 CLASSES = ["a", "b", "c"]
@@ -71,6 +72,15 @@ def test_shipped_recipes_resolve():
                 resolve(path)
             continue
         resolve(path)
+
+
+def test_config_choices_are_the_optimizers_and_schedules_of_optim():
+    from mobilenet.config import field_choices
+    from mobilenet.optim import OPTIMIZERS, SCHEDULES
+    from mobilenet.recipe import EngineConfig
+
+    assert set(field_choices(EngineConfig, "optimizer")) == set(OPTIMIZERS)
+    assert set(field_choices(EngineConfig, "schedule")) == set(SCHEDULES)
 
 
 def test_demo_recipe_equals_configs_digits_toml():

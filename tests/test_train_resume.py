@@ -16,8 +16,8 @@ import torch
 
 from mobilenet.checkpoint import read
 from mobilenet.cli import main
+from mobilenet.engine.classify import fit
 from mobilenet.recipe import TrainConfig
-from mobilenet.train import fit
 from mobilenet.train_state import latest_state
 from tests.conftest import banded_image_folder
 
@@ -48,8 +48,8 @@ HELPER = textwrap.dedent('''
 
     if __name__ == "__main__":
         torch.set_num_threads(1)
+        from mobilenet.engine.classify import train
         from mobilenet.recipe import TrainConfig
-        from mobilenet.train import train
 
         cfg = TrainConfig(**json.loads(sys.argv[1]))
         for ev in train(cfg, train_set=NoisyBands()):

@@ -65,8 +65,8 @@ def forward_every_variant() -> None:
 
 def train_digits(out: Path, epochs: int | None = None) -> dict:
     """Train on the bundled digits; print one line per epoch; return the training's ``end`` event."""
+    from ..engine.classify import train
     from ..recipe import TrainConfig
-    from ..train import train
 
     cfg = TrainConfig(**{**DIGITS_RECIPE, "out": str(out), "tensorboard": False,
                          **({"epochs": epochs} if epochs else {})})

@@ -147,14 +147,18 @@ def normalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ..
 
 
 class TrainTransform:
-    """(PIL image, Annotation) -> (normalised (3, H, W), target) with the full SSD augmentation."""
+    """(PIL image, Annotation) -> (normalised (3, H, W), target) with the full SSD augmentation.
+
+    ``seed``: a private RNG; None draws from Python's global RNG, which the training engine seeds per
+    (seed, epoch, sample), so augmentation is reproducible and a resumed run sees the same samples.
+    """
 
     def __init__(self, image_size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...], *,
                  photometric: bool = True, expand_ratio: float = 4.0, crop: bool = True, flip: bool = True,
                  seed: int | None = None) -> None:
         self.image_size, self.mean, self.std = tuple(image_size), mean, std
         self.photometric, self.expand_ratio, self.crop, self.flip = photometric, expand_ratio, crop, flip
-        self.rng = random.Random(seed)
+        self.rng: Any = random if seed is None else random.Random(seed)
 
     def __call__(self, image: Image.Image, ann: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         s = Sample(pil_to_tensor(image), ann.boxes.clone(), ann.labels.clone(), ann.ignore_boxes.clone())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -144,3 +145,17 @@ def evaluate_detector(model: Any, dataset: DetectionDataset, *, metric: str = "v
     if names and list(names) != list(dataset.class_names):
         dets = remap_labels(dets, names, dataset.class_names)
     return {**score_detections(dets, scored, metric), "skipped": skipped}
+
+
+def score_predictions(path: str | Path, dataset: DetectionDataset, metric: str = "voc") -> dict[str, Any]:
+    """Score the JSON ``detect predict`` wrote (``path``) on ``dataset``: the metric dict of ``score_detections``.
+
+    Images without detections in the file count as having none; a file matching no image is an error.
+    """
+    from .predict import read_predictions
+
+    preds = read_predictions(path, dataset.class_names)
+    empty = (torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    if not any(a.image_path.stem in preds for a in dataset.annotations):
+        raise ValueError(f"{path} has no detections for any image of the dataset")
+    return score_detections([preds.get(a.image_path.stem, empty) for a in dataset.annotations], dataset, metric)

@@ -39,6 +39,21 @@ def model_input(image: Image.Image, model: SSD) -> torch.Tensor:
     return (x - mean) / std
 
 
+def load_inputs(model: SSD, inputs: Sequence[str | os.PathLike[str]], limit: int | None = None
+                ) -> tuple[torch.Tensor, list[str]]:
+    """(N, 3, H, W) model inputs of the first ``limit`` images under ``inputs`` (e.g. int8 calibration), and the
+    images left out as unreadable (``"path: reason"``; never replaced by another image)."""
+    batch, skipped = [], []
+    for p in list_images(inputs)[:limit]:
+        try:
+            batch.append(model_input(read_image(p), model))
+        except ImageDecodeError as error:
+            skipped.append(str(error))
+    if not batch:
+        raise ValueError(f"no readable image in {' '.join(str(i) for i in inputs)}")
+    return torch.stack(batch), skipped
+
+
 def class_names_of(model: SSD) -> list[str]:
     names = weights_info(model).classes
     return list(names) if names else [f"class_{k}" for k in range(model.config.num_classes)]

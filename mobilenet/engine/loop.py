@@ -1,0 +1,469 @@
+"""The training engine: one loop for every task, ``run(task, cfg)`` yields events (dicts).
+
+No argument parsing and no printing here: the caller (``mobilenet train``, ``mobilenet detect
+train``, the demo, a benchmark, a notebook) decides what to show. A :class:`Task` builds the model
+and its data, computes the loss of a batch and evaluates; the engine does the rest, the same for
+all: devices and DDP, AMP, EMA, gradient accumulation and clipping, learning-rate schedules,
+SIGINT/SIGTERM-safe saves, exact resume, metrics, curves and TensorBoard. Events, in order::
+
+    {"event": "start", ...}                       once: sizes, device, resume point
+    {"event": "step", "epoch", "step", ...}       after every optimiser step (loss, lr, img/s, the task's sums)
+    {"event": "epoch", "epoch", "train_loss", ..., <validation>}   after every epoch
+    {"event": "saved", "path"}                    after every training-state save
+    {"event": "interrupted", "signal", "state"}   on SIGINT/SIGTERM (state saved first), then the end
+    {"event": "end", "last", "best", "history"}   once, with the paths of the weights files
+
+Run folder: ``config.json`` (resolved config), ``metrics.jsonl`` (one JSON row per epoch),
+``states/step-NNNNNNNN/`` (resumable states, see ``train_state``), ``last.safetensors`` and
+``best.safetensors`` (weights + their record, loadable with ``mobilenet.load``), ``curves.png``,
+``tb/`` (TensorBoard, when installed).
+
+Exact resume: data order and augmentation come from seeds fixed by (seed, epoch, sample), see
+:mod:`mobilenet.engine.data`; model, optimizer, EMA, scaler and RNG states are restored from the
+state folder. In deterministic mode a run killed and resumed ends bit-identical to an uninterrupted
+one on CPU (tested for classification and detection). Closing the generator early (a caller's time
+budget) stops training without saving anything more.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import atomic_write, save
+from ..distributed import (
+    DistInfo,
+    ShardedBatchSampler,
+    all_reduce_sum,
+    any_rank,
+    average_buffers,
+    barrier,
+    setup,
+    wrap_model,
+)
+from ..optim import ModelEMA, build_optimizer, lr_multiplier
+from ..recipe import EngineConfig
+from ..train_state import Progress, find_resume, load_state, lock_run_folder, save_state
+from ..weights import Training, WeightsInfo
+from .data import DeviceData, loader
+
+METRICS_FILE = "metrics.jsonl"
+# Settings a run cannot change when it resumes: they fix which samples each optimiser step sees, or the
+# optimizer state's layout. World size and accum_steps only split a step's samples, so a run may resume on
+# a different number of processes.
+RESUME_KEYS = ("batch_size", "seed", "optimizer")
+
+
+@dataclass
+class Prepared:
+    """What a task hands the engine before training: the model, its training data, and what travels with it."""
+
+    model: nn.Module
+    data: Any  # a map-style dataset (DataLoader path) or DeviceData (on-device path)
+    batch_size: int  # the global batch per optimiser step
+    info: WeightsInfo  # the record every saved weights file carries (classes, preprocessing ...)
+    collate: Callable[[list[Any]], Any] | None = None
+    describe: dict[str, Any] = field(default_factory=dict)  # more fields of the start event
+
+
+class Task(Protocol):
+    """What the engine trains. ``metric``: the key of :meth:`evaluate`'s row that picks ``best.safetensors``
+    (higher is better); ``sums``: the names of the quantities :meth:`step` sums over a batch besides the loss,
+    reported per sample (``acc`` -> the step event's ``acc``, the epoch row's ``train_acc``)."""
+
+    metric: str
+    sums: tuple[str, ...]
+
+    def prepare(self, info: DistInfo) -> Prepared:
+        """Build the model (on the CPU) and open the data."""
+
+    def set_mode(self, model: nn.Module, epoch: int) -> Hashable:
+        """After ``model.train()``: put fixed parts in eval mode for ``epoch``; returns which parameters train
+        (the engine re-wraps the model for DDP when it changes)."""
+
+    def step(self, net: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int,
+                                                                           dict[str, torch.Tensor]]:
+        """(mean loss to minimise, samples in the batch, detached sums over the batch named by ``sums``)."""
+
+    def evaluate(self, model: nn.Module, info: DistInfo) -> dict[str, Any] | None:
+        """Validation metrics for the epoch's row (None: no validation data, or not on this rank)."""
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag that the loop checks after every step; a second SIGINT aborts at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    @contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.signal = signum
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+@dataclass
+class _Sums:
+    """Running sums of one epoch on this rank: loss x samples, the task's sums, samples, seconds."""
+
+    values: list[float]  # [loss x n, *task sums]
+    count: float = 0.0
+    seconds: float = 0.0
+
+    def as_list(self) -> list[float]:  # the layout of Progress.epoch_sums
+        return [*self.values, self.count, self.seconds]
+
+    def fold(self, acc: torch.Tensor) -> None:
+        """Add device-side sums (one host sync) and reset them."""
+        for i, v in enumerate(acc.tolist()):
+            self.values[i] += v
+        acc.zero_()
+
+
+def _autocast(device: torch.device, amp: str) -> Any:
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    # Rewritten whole from the saved history so a resumed run never duplicates or loses a row.
+    with atomic_write(run_dir / METRICS_FILE, "w") as f:
+        for row in history:
+            f.write(json.dumps(row) + "\n")
+
+
+def _tensorboard(run_dir: Path, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: metrics.jsonl and curves.png still exist
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def _seed(cfg: EngineConfig, info: DistInfo) -> None:
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = info.device.type == "cuda"
+    torch.manual_seed(cfg.seed + info.rank)
+    random.seed(cfg.seed + info.rank)
+    np.random.seed((cfg.seed + info.rank) % 2**32)
+
+
+def _resume_point(cfg: EngineConfig, run_dir: Path) -> Path | None:
+    found = find_resume(cfg.resume, run_dir)
+    if found is not None:
+        saved = json.loads((found / "state.json").read_text()).get("config", {})
+        for key in RESUME_KEYS:
+            if key in saved and saved[key] != getattr(cfg, key):
+                raise ValueError(f"cannot resume {found} with {key}={getattr(cfg, key)!r}: the run was started "
+                                 f"with {key}={saved[key]!r} (its position in the data depends on it)")
+    return found
+
+
+def run(task: Task, cfg: EngineConfig, *, info: DistInfo | None = None) -> Iterator[dict[str, Any]]:
+    """Train ``task`` per ``cfg``, yielding events (see the module docstring).
+
+    ``info`` defaults to ``distributed.setup(cfg.device)`` (a process group is joined when launched by
+    torchrun; the caller tears it down).
+    """
+    if not cfg.out:
+        raise ValueError("no run folder: give --out (or out = ... in the recipe)")
+    info = info or setup(cfg.device)
+    run_dir = Path(cfg.out)
+    _seed(cfg, info)
+    prep = task.prepare(info)
+    model = prep.model.to(info.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(
+        model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        depthwise_weight_decay=cfg.depthwise_weight_decay, norm_bias_weight_decay=cfg.norm_bias_weight_decay,
+        momentum=cfg.momentum, nesterov=cfg.nesterov, rmsprop_decay=cfg.rmsprop_decay, rmsprop_eps=cfg.rmsprop_eps)
+    ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    scaler = torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None
+
+    sampler = ShardedBatchSampler(len(prep.data), global_batch=prep.batch_size, rank=info.rank,
+                                  world_size=info.world_size, accum_steps=cfg.accum_steps, seed=cfg.seed)
+    steps_per_epoch = sampler.steps_per_epoch
+    schedule = lr_multiplier(cfg.schedule, steps_per_epoch=steps_per_epoch, total_epochs=cfg.epochs,
+                             warmup_epochs=cfg.warmup_epochs, warmup_start=cfg.warmup_start,
+                             decay_rate=cfg.decay_rate, decay_epochs=cfg.decay_epochs, min_lr_ratio=cfg.min_lr_ratio)
+    if isinstance(prep.data, DeviceData):
+        batches, loader_gen = (lambda: prep.data.batches(sampler, cfg.seed)), None
+    else:
+        data_loader, loader_gen = loader(prep.data, sampler, seed=cfg.seed, workers=cfg.workers,
+                                         pin_memory=info.device.type == "cuda", collate=prep.collate)
+        batches = lambda: iter(data_loader)  # noqa: E731
+
+    # one run per folder: a second one is refused naming this one; released when this generator ends
+    lock = lock_run_folder(run_dir) if info.is_main else None
+    progress = Progress()
+    try:
+        resume_from = _resume_point(cfg, run_dir)
+        if resume_from is not None:
+            progress = load_state(resume_from, model=model, optimizer=optimizer, ema=ema, scaler=scaler,
+                                  map_location=info.device)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    if resume_from is not None:
+        if info.rank > 0:  # rank 0's RNG was saved; give other ranks their own, still reproducible, stream
+            torch.manual_seed(cfg.seed + 7919 * info.rank + progress.global_step)
+        if progress.step_in_epoch >= steps_per_epoch:  # saved at the very end of an epoch
+            progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save_json(run_dir / "config.json")
+    config_dict = cfg.to_dict()
+    record = prep.info
+    writer = _tensorboard(run_dir, cfg.tensorboard) if info.is_main else None
+
+    def save_now() -> Path | None:
+        path = None
+        if info.is_main:
+            path = save_state(run_dir, model=model, optimizer=optimizer, progress=progress, config=config_dict,
+                              class_names=record.classes, preprocessing=record.preprocessing, ema=ema, scaler=scaler,
+                              keep_last=cfg.keep_last)
+        barrier()
+        return path
+
+    def save_weights(src: nn.Module, name: str, metrics: dict[str, Any]) -> Path:
+        training = Training(config=config_dict, epoch=progress.epoch, global_step=progress.global_step,
+                            metrics=metrics)
+        return save(src, run_dir / name, info=replace(record, training=training))
+
+    yield {"event": "start", "run_dir": str(run_dir), "resumed_from": str(resume_from) if resume_from else None,
+           "epoch": progress.epoch, "step": progress.step_in_epoch, "epochs": cfg.epochs,
+           "steps_per_epoch": steps_per_epoch, "train_size": len(prep.data),
+           "params": sum(p.numel() for p in model.parameters()), "device": str(info.device),
+           "world_size": info.world_size, "batch_size": prep.batch_size, "config": config_dict, **prep.describe}
+
+    stop = StopFlag()
+    net: nn.Module | None = None
+    trainable: Hashable = None
+    eval_model = ema.module if ema is not None else model
+    n_sums = 1 + len(task.sums)
+    done = False
+    try:
+        with stop.installed():
+            while progress.epoch < cfg.epochs and not done:
+                epoch = progress.epoch
+                model.train()
+                mode = task.set_mode(model, epoch)
+                if mode != trainable or net is None:  # (re)wrap: DDP must see which parameters train
+                    trainable = mode
+                    net = wrap_model(model, info, sync_bn=cfg.sync_bn)
+                    if cfg.compile:
+                        net = torch.compile(net)
+                # a resumed epoch continues its running sums so its metrics cover the whole epoch
+                saved = progress.epoch_sums
+                sums = _Sums(list(saved[:-2]), *saved[-2:]) if saved else _Sums([0.0] * n_sums)
+                sampler.set_epoch(epoch, progress.step_in_epoch)
+                if loader_gen is not None:
+                    loader_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
+                t_epoch = time.perf_counter()
+                micro = 0
+                # Sums accumulate on the device and are read back (a host sync) only on reporting steps,
+                # saves and the epoch end: a .item() per step would stall a fast GPU.
+                step_acc = torch.zeros(n_sums, dtype=torch.float64, device=info.device)  # this step's sums
+                epoch_acc = torch.zeros(n_sums, dtype=torch.float64, device=info.device)  # not yet folded
+                step_count = 0
+                optimizer.zero_grad(set_to_none=True)
+                for batch in batches():
+                    last_micro = (micro + 1) % cfg.accum_steps == 0
+                    sync = nullcontext() if last_micro or not info.distributed else net.no_sync()  # type: ignore[union-attr]
+                    with sync:
+                        with _autocast(info.device, cfg.amp):
+                            loss, n, batch_sums = task.step(net, batch, info.device)  # type: ignore[arg-type]
+                        scaled = loss / cfg.accum_steps
+                        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                    step_acc[0] += loss.detach().double() * n
+                    for i, name in enumerate(task.sums, start=1):
+                        step_acc[i] += batch_sums[name].double()
+                    step_count += n
+                    micro += 1
+                    if not last_micro:
+                        continue
+                    # one optimiser step
+                    mult = schedule(progress.global_step)
+                    for g in optimizer.param_groups:
+                        g["lr"] = cfg.lr * mult
+                    if scaler is not None:
+                        scaler.unscale_(optimizer)
+                    if cfg.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
+                                                       cfg.grad_clip)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update(model)
+                    progress.global_step += 1
+                    progress.step_in_epoch += 1
+                    epoch_acc += step_acc
+                    sums.count += step_count
+                    end_of_epoch = progress.step_in_epoch >= steps_per_epoch
+                    report = (progress.global_step % cfg.log_every_steps == 0 or end_of_epoch
+                              or progress.step_in_epoch == 1)
+                    values = step_acc.tolist() if report else None
+                    if values is not None and scaler is None and not math.isfinite(values[0]):
+                        raise FloatingPointError(f"non-finite loss at step {progress.global_step}; lower --lr")
+                    elapsed = time.perf_counter() - t_epoch
+                    means = [v / step_count for v in values] if values is not None else [None] * n_sums
+                    yield {"event": "step", "epoch": epoch, "step": progress.step_in_epoch,
+                           "steps_per_epoch": steps_per_epoch, "global_step": progress.global_step,
+                           "loss": means[0], **dict(zip(task.sums, means[1:], strict=True)),
+                           "lr": cfg.lr * mult,
+                           "img_per_s": sums.count * info.world_size / max(sums.seconds + elapsed, 1e-9)}
+                    step_acc.zero_()
+                    step_count = 0
+                    # Under DDP all ranks must agree to stop at the same step: that takes a collective, so it
+                    # happens on reporting steps only (a signal is acted on within log_every_steps steps).
+                    if (report or not info.distributed) and any_rank(stop.signal is not None, info.device):
+                        sums.fold(epoch_acc)
+                        progress.epoch_sums = [*sums.values, sums.count, sums.seconds + elapsed]
+                        path = save_now()
+                        if lock is not None:
+                            lock.release()
+                        yield {"event": "interrupted", "signal": stop.signal or signal.SIGTERM,
+                               "state": str(path) if path else None, "global_step": progress.global_step}
+                        return
+                    if cfg.max_steps > 0 and progress.global_step >= cfg.max_steps:
+                        done = True  # the epoch-end block below validates and saves
+                        break
+                    if cfg.save_every_steps and progress.global_step % cfg.save_every_steps == 0 \
+                            and not end_of_epoch:
+                        sums.fold(epoch_acc)
+                        progress.epoch_sums = [*sums.values, sums.count, sums.seconds + elapsed]
+                        path = save_now()
+                        yield {"event": "saved", "path": str(path) if path else None,
+                               "global_step": progress.global_step}
+                sums.fold(epoch_acc)
+                sums.seconds += time.perf_counter() - t_epoch
+
+                # epoch end: reduce train metrics over ranks, validate, save
+                totals = all_reduce_sum(torch.tensor([*sums.values, sums.count], dtype=torch.float64,
+                                                     device=info.device)).tolist()
+                count = max(totals[-1], 1)
+                row: dict[str, Any] = {
+                    "epoch": epoch + 1, "global_step": progress.global_step,
+                    "lr": cfg.lr * schedule(max(progress.global_step - 1, 0)),
+                    "train_loss": totals[0] / count,
+                    **{f"train_{k}": v / count for k, v in zip(task.sums, totals[1:-1], strict=True)},
+                    "train_images": int(totals[-1]), "epoch_seconds": sums.seconds,
+                    "img_per_s": totals[-1] / max(sums.seconds, 1e-9),
+                }
+                # the ranks' BatchNorm statistics become one, so the model validated below is the model saved
+                average_buffers(model)
+                if ema is not None:
+                    average_buffers(ema.module)
+                last_epoch = done or epoch + 1 == cfg.epochs
+                if last_epoch or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+                    row.update(task.evaluate(eval_model, info) or {})
+                if progress.step_in_epoch >= steps_per_epoch:
+                    progress.epoch, progress.step_in_epoch, progress.epoch_sums = epoch + 1, 0, None
+                else:  # stopped by max_steps inside the epoch: a partial row now, the full one after a resume
+                    row["partial"] = True
+                    progress.epoch_sums = sums.as_list()
+                metric = row.get(task.metric)
+                improved = metric is not None and not math.isnan(metric) and (
+                    progress.best_metric is None or metric > progress.best_metric)
+                if improved:
+                    progress.best_metric = metric
+                    progress.best_state = f"step-{progress.global_step:08d}"
+                progress.history = [r for r in progress.history
+                                    if not (r["epoch"] == row["epoch"] and r.get("partial"))]
+                progress.history.append(row)
+                if info.is_main:
+                    _write_metrics(run_dir, progress.history)
+                    if improved:
+                        save_weights(eval_model, "best.safetensors", row)
+                    if writer is not None:
+                        for k, v in row.items():
+                            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
+                                writer.add_scalar(k, v, epoch + 1)
+                        writer.flush()
+                path = save_now()
+                yield {"event": "epoch", **row, "best_metric": progress.best_metric}
+                yield {"event": "saved", "path": str(path) if path else None, "global_step": progress.global_step}
+
+        # end of training
+        last = best = curves = None
+        if info.is_main:
+            last = save_weights(eval_model, "last.safetensors", progress.history[-1] if progress.history else {})
+            best_path = run_dir / "best.safetensors"
+            best = best_path if best_path.is_file() else None
+            if cfg.curves and progress.history:
+                try:
+                    from ..plots import plot_curves
+
+                    curves = plot_curves(progress.history, run_dir / "curves.png")
+                except ImportError:  # matplotlib missing: curves are optional
+                    curves = None
+        barrier()
+        if lock is not None:
+            lock.release()
+        yield {"event": "end", "last": str(last) if last else None, "best": str(best) if best else None,
+               "curves": str(curves) if curves else None, "best_metric": progress.best_metric,
+               "metric": task.metric, "global_step": progress.global_step, "history": progress.history,
+               "run_dir": str(run_dir)}
+    finally:
+        if writer is not None:
+            writer.close()
+        if lock is not None:
+            lock.release()
+
+
+def finish(events: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    """Run ``events`` (a training's generator) to the end and return its last event (``end``, or
+    ``interrupted``)."""
+    last: dict[str, Any] = {}
+    for event in events:
+        if event["event"] in ("end", "interrupted"):
+            last = event
+    return last
+
+
+def final_weights(run_dir: str | Path) -> Path:
+    """The weights a finished run recommends: ``best.safetensors`` if it was validated, else ``last``."""
+    run_dir = Path(run_dir)
+    for name in ("best.safetensors", "last.safetensors"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise FileNotFoundError(f"{run_dir} holds no best.safetensors or last.safetensors: has the run finished?")
