@@ -156,7 +156,8 @@ def test_recipe_errors_name_the_file_and_the_key(tmp_path):
     bad.write_text("image_size = '300x'\n")
     with pytest.raises(ValueError, match=r"image_size must be N or HxW, got '300x'"):
         resolve(bad, cls=DetectConfig)
-    with pytest.raises(ValueError, match="optimizer must be one of rmsprop_tf, sgd, adamw, got 'adam'"):
+    with pytest.raises(ValueError, match="optimizer must be one of rmsprop_tf, sgd, adamw, nadam, yellowfin, got 'adam'"
+                       ):
         DetectConfig(optimizer="adam")
     with pytest.raises(FileNotFoundError, match="recipe not found"):
         resolve(tmp_path / "missing.toml", cls=DetectConfig)
