@@ -134,7 +134,7 @@ def test_archive_reader_reopens_in_dataloader_workers(tmp_path):
     labels = torch.cat([y for _, y in loader])
     assert labels.tolist() == ds.targets
     clone = pickle.loads(pickle.dumps(ds))  # spawn-style workers: the open handle is dropped, then reopened
-    assert clone.reader._handle is None and torch.equal(clone[3][0], ds[3][0])
+    assert not vars(clone.reader._local) and torch.equal(clone[3][0], ds[3][0])
 
 
 def test_class_names_map_folders_onto_a_given_list(tmp_path):
@@ -267,3 +267,26 @@ def test_real_cifar10_test_zip():
     images, labels = load_tensor_dataset(path, progress=False)
     assert images.shape == (10000, 3, 32, 32) and labels.tolist() == ds.targets
     assert 60 < images.float().mean() < 200  # real photos, not blank decodes
+
+
+def test_archive_reader_gives_each_thread_its_own_handle(tmp_path):
+    # one ZipFile shared by decoding threads lost 7 % of CIFAR-10's members on Python 3.12 (16 threads)
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mobilenet.data.archive import ZipReader
+
+    archive = write_archive(tmp_path / "data.zip", make_tree_files(n_per_class=8))
+    reader = ZipReader(archive)
+    names = [n for n in reader.names() if not n.endswith("/")]
+    barrier = threading.Barrier(4)
+
+    def handle_of_this_thread(_):
+        handle = reader.handle()
+        barrier.wait(timeout=30)  # all four threads hold theirs at once
+        return id(handle)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert len(set(pool.map(handle_of_this_thread, range(4)))) == 4
+        contents = list(pool.map(reader.read, names * 8))
+    assert contents == [reader.read(n) for n in names * 8]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import threading
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,26 +46,39 @@ def archive_kind(path: str | os.PathLike[str]) -> str | None:
 
 
 class _PerProcessHandle:
-    """Base for readers holding an open archive: reopened in each process, dropped when pickled."""
+    """Base for readers holding an open archive: one handle per process *and thread*, dropped when pickled.
+
+    A file object or ``ZipFile`` shared between decoding threads is not safe: on Python 3.12, 16 threads reading
+    one ``ZipFile`` lost 7 % of CIFAR-10's members to "Bad CRC-32" and "Overlapped entries" errors.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._handle = None
-        self._pid = -1
+        self._local = threading.local()
 
     def _open(self):
         raise NotImplementedError
 
+    def _per_thread(self, name: str, open_fn):
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():  # a new thread, or a forked process
+            local.__dict__.clear()
+            local.pid = os.getpid()
+        if getattr(local, name, None) is None:
+            setattr(local, name, open_fn())
+        return getattr(local, name)
+
     def handle(self):
-        if self._handle is None or self._pid != os.getpid():
-            self._handle = self._open()
-            self._pid = os.getpid()
-        return self._handle
+        return self._per_thread("handle", self._open)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_handle"], state["_pid"] = None, -1
+        del state["_local"]
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
 
 class ZipReader(_PerProcessHandle):
@@ -117,14 +131,7 @@ class ZipReader(_PerProcessHandle):
         return head, tail
 
     def _raw_file(self) -> BinaryIO:
-        if getattr(self, "_raw", None) is None or self._raw_pid != os.getpid():
-            self._raw, self._raw_pid = open(self.path, "rb"), os.getpid()
-        return self._raw
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state["_raw"], state["_raw_pid"] = None, -1
-        return state
+        return self._per_thread("raw", lambda: open(self.path, "rb"))
 
 
 class TarReader(_PerProcessHandle):

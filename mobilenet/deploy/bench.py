@@ -290,6 +290,7 @@ def _cuda_graph(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     def replay() -> torch.Tensor:
         graph.replay()
         return graph_out
+    replay.keep_alive = static_x  # every replay reads this buffer: it must live as long as the graph
     return replay
 
 
