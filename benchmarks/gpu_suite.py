@@ -27,6 +27,11 @@ Triton's interpreter when Triton is installed): its numbers mean nothing; it exi
 
 Output (``--out``): suite.json (all results, rewritten after every section), suite.md (the README tables),
 suite.log (every section's output), cifar10.png (accuracy against time).
+
+On the device machine (README "GPU"): ``python benchmarks/gpu_carry.py`` first packs the CIFAR-10 zips into the
+git-ignored ``.gpu-data/cifar10`` so that they fit beside the working tree in one call (64 MiB); then, with
+``.gpu-data`` carried, ``python3 benchmarks/gpu_suite.py --out $OUT --work /tmp/gpu_work --cifar-data
+.gpu-data/cifar10`` (``--work`` outside ``$OUT``: only a few files come back from a call).
 """
 
 from __future__ import annotations

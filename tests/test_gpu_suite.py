@@ -21,11 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def _cifar_zips(root: Path) -> Path:
+def _cifar_zips(root: Path, train_per_class: int = 4) -> Path:
     """train.zip / test.zip in the shared copy's ImageFolder layout, a few 32x32 JPEGs per class."""
     rng = np.random.default_rng(0)
     root.mkdir()
-    for split, per_class in (("train", 4), ("test", 2)):
+    for split, per_class in (("train", train_per_class), ("test", 2)):
         with zipfile.ZipFile(root / f"{split}.zip", "w") as z:
             for c, name in enumerate(CLASSES):
                 for i in range(per_class):
@@ -76,3 +76,22 @@ def test_refuses_without_a_gpu_unless_dry_run(tmp_path: Path) -> None:
     assert proc.returncode == 2
     message = "gpu_suite: no CUDA device; use --dry-run to check the suite on the CPU"
     assert proc.stderr.strip().splitlines() == [message]
+
+
+def test_carry_keeps_the_test_set_and_a_balanced_part_of_training(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from benchmarks.gpu_carry import pack
+
+    data = _cifar_zips(tmp_path / "cifar10", train_per_class=20)
+    full = (data / "train.zip").stat().st_size
+    budget = (data / "test.zip").stat().st_size + full // 2
+    got = pack(data, tmp_path / "carry", budget)
+    assert got["test_images"] == 20 and got["classes"] == 10
+    assert 0 < got["train_per_class"] < 20 and got["train_images"] == 10 * got["train_per_class"]
+    assert got["bytes"] <= budget
+    with zipfile.ZipFile(tmp_path / "carry" / "train.zip") as z:
+        names = z.namelist()
+        assert z.testzip() is None  # every member intact
+    assert sorted({n.split("/")[1] for n in names}) == sorted(CLASSES)
+    with pytest.raises(ValueError, match="does not fit"):
+        pack(data, tmp_path / "none", 100)
