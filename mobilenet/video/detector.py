@@ -79,7 +79,7 @@ def _load_ssd(path: Path) -> Any:
     from ..checkpoint import load
 
     if path.suffix.lower() == ".tflite":
-        from ..detection.tflite_import import import_detect_tflite
+        from ..tflite.ssd import import_detect_tflite
 
         return import_detect_tflite(path)
     model = load(path)

@@ -1,0 +1,154 @@
+"""The model behind `mobilenet serve`: a classifier or a detector, PyTorch or exported, run on batches of images.
+
+``load_served(path)`` reads a weights file: ``.safetensors`` (our classifier or SSD), ``.tflite`` (TF Lite's
+``detect.tflite``, or a MobileNet v1 classifier, imported), ``.onnx`` (a classifier from ``mobilenet export``
+or a detector from ``mobilenet detect export``). ``run(images)`` is one forward pass over a batch of PIL
+images; ``format(raw, ...)`` turns one image's raw output into the JSON the API answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..detection.boxes import clip_boxes
+from ..detection.postprocess import Detections
+from ..preprocessing import Preprocessing
+
+
+class ServedModel:
+    """One loaded model and what ``GET /model`` says about it."""
+
+    def __init__(self, kind: str, info: dict[str, Any], run: Any, class_names: list[str],
+                 readable: list[str] | None = None) -> None:
+        self.kind = kind  # "classifier" or "detector"
+        self.info = {"kind": kind, **info, "class_names": class_names}
+        self.class_names = class_names
+        self.readable = readable
+        self._run = run
+
+    def run(self, images: list[Image.Image]) -> list[Any]:
+        """One forward pass over ``images`` (RGB PIL): class probabilities (C,) per image for a classifier,
+        pixel ``Detections`` per image for a detector."""
+        with torch.inference_mode():
+            return self._run(images)
+
+    def format(self, raw: Any, *, topk: int = 5, score_threshold: float = 0.5) -> dict[str, Any]:
+        """One image's raw output -> ``{"top": [{"label", "index", "prob", "name"?}]}`` or
+        ``{"detections": [{"box", "score", "label", "class_id"}], "width", "height"}``."""
+        if self.kind == "classifier":
+            k = min(topk, raw.shape[0])
+            p, idx = raw.topk(k)
+            top = []
+            for q, i in zip(p.tolist(), idx.tolist(), strict=True):
+                entry = {"label": self.class_names[i], "index": i, "prob": round(q, 6)}
+                if self.readable is not None:
+                    entry["name"] = self.readable[i]
+                top.append(entry)
+            return {"top": top}
+        d, (w, h) = raw
+        keep = d.scores >= score_threshold
+        boxes = clip_boxes(d.boxes[keep], w, h)
+        order = d.scores[keep].argsort(descending=True).tolist()
+        b, s, c = boxes.tolist(), d.scores[keep].tolist(), d.labels[keep].tolist()
+        return {"width": w, "height": h, "detections": [
+            {"box": [round(v, 1) for v in b[i]], "score": round(s[i], 4), "label": self.class_names[c[i]],
+             "class_id": c[i]} for i in order]}
+
+
+def load_served(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> ServedModel:
+    """A :class:`ServedModel` for a classifier or detector file (see the module doc)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    device = torch.device(device)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from ..deploy.export import read_onnx_metadata
+
+        meta = read_onnx_metadata(path)
+        if meta.get("architecture") == "ssd_mobilenet_v1":
+            return _detector(path, device)
+        return _onnx_classifier(path, meta)
+    if suffix == ".tflite":
+        from ..tflite.format import read_tflite
+        from ..tflite.ssd import POSTPROCESS_OP
+
+        if any(op.custom_code == POSTPROCESS_OP for op in read_tflite(path).operators):
+            return _detector(path, device)
+        from ..convert import import_model
+
+        return _torch_classifier(import_model(path), path.name, device)
+    from .. import detection  # noqa: F401  (registers the SSD builder)
+    from ..checkpoint import load, read_metadata
+
+    if read_metadata(path).get("architecture") == "ssd_mobilenet_v1":
+        return _detector(path, device)
+    return _torch_classifier(load(path), path.name, device)
+
+
+def _torch_classifier(model: Any, name: str, device: torch.device) -> ServedModel:
+    from ..predict import _label_names, _readable_names, check_finite, model_preprocessing, require_classifier
+
+    require_classifier(model, name)
+    model = model.eval().to(device)
+    pre = model_preprocessing(model)
+    n = model.num_classes
+
+    def run(images: list[Image.Image]) -> list[torch.Tensor]:
+        logits = model(torch.stack([pre(im) for im in images]).to(device)).float()
+        check_finite(logits, name)
+        return list(logits.softmax(1).cpu())
+
+    info = {"file": name, "runtime": "pytorch", "device": str(device), "config": model.config.to_dict(),
+            "preprocessing": pre.to_dict()}
+    return ServedModel("classifier", info, run, _label_names(model, n), _readable_names(model, n))
+
+
+def _onnx_classifier(path: Path, meta: dict[str, Any]) -> ServedModel:
+    from ..deploy.export import onnx_session
+
+    pre = Preprocessing.from_dict(meta["preprocessing"]) if meta.get("preprocessing") else Preprocessing.imagenet(
+        int(meta.get("config", {}).get("resolution", 224)))
+    session = onnx_session(path)
+    input_name = session.get_inputs()[0].name
+    n = int(meta.get("config", {}).get("num_classes", 0)) or int(session.get_outputs()[0].shape[-1])
+    names = meta.get("class_names") or [str(i) for i in range(n)]
+
+    def run(images: list[Image.Image]) -> list[torch.Tensor]:
+        x = torch.stack([pre(im) for im in images]).numpy()
+        logits = torch.from_numpy(np.asarray(session.run(None, {input_name: x})[0])).float()
+        return list(logits.softmax(1))
+
+    info = {"file": path.name, "runtime": "onnxruntime", "device": "cpu", "config": meta.get("config"),
+            "preprocessing": pre.to_dict()}
+    return ServedModel("classifier", info, run, list(names))
+
+
+def _detector(path: Path, device: torch.device) -> ServedModel:
+    from ..video.detector import frames_to_tensor, load_frame_detector, resize_pixels
+
+    det = load_frame_detector(path, device)
+
+    def run(images: list[Image.Image]) -> list[tuple[Detections, tuple[int, int]]]:
+        pixels = torch.cat([resize_pixels(frames_to_tensor(np.asarray(im), device), det.input_size) for im in images])
+        return [(d.scaled(*im.size), im.size) for d, im in zip(det.detect(pixels), images, strict=True)]
+
+    info = {"file": path.name, "runtime": "onnxruntime" if path.suffix.lower() == ".onnx" else "pytorch",
+            "device": str(device), "input_size": list(det.input_size)}
+    return ServedModel("detector", info, run, det.class_names)
+
+
+def describe(model: ServedModel) -> str:
+    """One line: what is served."""
+    return f"{model.kind} {model.info['file']} ({model.info['runtime']}, {len(model.class_names)} classes)"
+
+
+def to_json(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
