@@ -61,6 +61,7 @@ from torch import nn  # noqa: E402
 # name -> (time cap in seconds on a GPU, what it measures)
 SECTIONS: dict[str, tuple[float, str]] = {
     "inference": (170, "inference img/s, ours beside timm, eager/graphs/compiled/fused"),
+    "blocks": (40, "each depthwise separable block: fused kernel vs cuDNN, against the memory roofline"),
     "training": (110, "training img/s, ours beside timm"),
     "cifar10": (190, "CIFAR-10 test accuracy against time"),
     "detector": (45, "MobileNet-SSD latency"),
@@ -353,6 +354,50 @@ def _compiled_rows(cfg, eager_ours, fused_ours, peer, dev, deadline) -> list[dic
     return rows
 
 
+def section_blocks(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every depthwise separable block alone at the largest batch (bf16 on a GPU): the fused kernel against the
+    BN-folded PyTorch block (cuDNN depthwise + pointwise), each with the bytes it must move at least and the rate
+    that makes, so the next kernel work goes where the time is."""
+    from mobilenet.deploy.fold import fold_bn
+    from mobilenet.kernels import dwpw as dwpw_module
+    from mobilenet.kernels.fast import FusedSeparable
+
+    dev, cl = _device(cfg["dry_run"]), torch.channels_last
+    fused_ok, fused_note = fused_available(dev)
+    if not fused_ok:
+        return {"skipped": fused_note}
+    dname = "bf16" if dev.type == "cuda" else "fp32"
+    dt, batch, res = DTYPES[dname], max(cfg["batches"]), cfg["resolution"]
+    folded = fold_bn(ours_model(cfg)).to(dev, dt).to(memory_format=cl)
+    x = torch.randn(batch, 3, res, res, device=dev).to(dt).contiguous(memory_format=cl)
+    with torch.no_grad():
+        x = folded.stem(x)
+    result: dict[str, Any] = {"batch": batch, "dtype": dname, "blocks": []}
+    for i, block in enumerate(folded.blocks):
+        fused = FusedSeparable(block)
+        with torch.no_grad():
+            y = block(x)
+            fns = {"cudnn": no_grad_call(block, x), "fused": no_grad_call(fused, x)}
+            samples = interleaved(fns, dev, **cfg["timing"])
+        mid = x.shape[0] * x.shape[1] * y.shape[2] * y.shape[3]  # the depthwise output the fusion keeps on chip
+        need = (x.numel() + y.numel()) * x.element_size()  # bytes in and out, each once
+        row = {"block": i, "in": list(x.shape[1:]), "out": list(y.shape[1:]), "min_bytes": need,
+               "unfused_bytes": need + 2 * mid * x.element_size()}
+        for k, v in samples.items():
+            t = statistics.median(v)
+            row[f"{k}_us"] = t * 1e6
+            row[f"{k}_gb_s"] = need / t / 1e9
+        row["fused_vs_cudnn"] = ratio(samples, "fused", "cudnn")
+        row["config"] = next((list(c) for key, c in dwpw_module._chosen.items()
+                              if key[0][:4] == (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+                              and key[0][6] == y.shape[1]), None)
+        result["blocks"].append(row)
+        progress(f"block {i} {tuple(x.shape[1:])}->{tuple(y.shape[1:])}: cudnn {row['cudnn_us']:.0f} us, fused "
+                 f"{row['fused_us']:.0f} us ({row['fused_gb_s']:.0f} GB/s), config {row['config']}")
+        x = y
+    return result
+
+
 def section_training(cfg: dict[str, Any]) -> dict[str, Any]:
     from mobilenet.kernels.fast import use_triton_depthwise
 
@@ -617,7 +662,8 @@ def section_bench(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "inference": section_inference, "training": section_training, "cifar10": section_cifar10,
+    "inference": section_inference, "blocks": section_blocks, "training": section_training,
+    "cifar10": section_cifar10,
     "detector": section_detector, "profile": section_profile, "bench": section_bench}
 
 
@@ -668,6 +714,16 @@ def render(suite: dict[str, Any]) -> str:
                     cs = c["compile_s"].get(k.split()[0]) if "compiled" in k else None
                     lines.append(f"| {c['batch']} | {c['dtype']} | {k} | {v:,.0f} | {c['ms'][k]:.3f} | "
                                  f"{_fmt_ratio(r) if r else '-'} | {f'{cs:.0f}' if cs else '-'} |")
+    bl = suite["sections"].get("blocks", {}).get("result")
+    if bl and "blocks" in bl:
+        lines += ["", f"**Each depthwise separable block alone** (batch {bl['batch']}, {bl['dtype']}): microseconds, "
+                  "and the rate over the bytes the block must move at least (input and output once):", "",
+                  "| block | in -> out | cuDNN us | fused us | fused GB/s | fused vs cuDNN | tiling (M, N, K, warps, "
+                  "stages) |", "|---:|---|---:|---:|---:|---|---|"]
+        for r in bl["blocks"]:
+            lines.append(f"| {r['block']} | {'x'.join(map(str, r['in']))} -> {'x'.join(map(str, r['out']))} | "
+                         f"{r['cudnn_us']:.0f} | {r['fused_us']:.0f} | {r['fused_gb_s']:.0f} | "
+                         f"{_fmt_ratio(r['fused_vs_cudnn'])} | {r['config']} |")
     tr = suite["sections"].get("training", {}).get("result")
     if tr:
         lines += ["", f"**Training step** (batch {tr['batch']}, {tr['resolution']} px, {tr['amp']} autocast, "

@@ -45,7 +45,7 @@ def test_dry_run_runs_every_section(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     suite = json.loads((out / "suite.json").read_text())
-    assert list(suite["sections"]) == ["inference", "training", "cifar10", "detector", "profile", "bench"]
+    assert list(suite["sections"]) == ["inference", "blocks", "training", "cifar10", "detector", "profile", "bench"]
     for name, section in suite["sections"].items():
         assert section["status"] == "ok", (name, section)
         errors = section["result"].get("errors") or {}
@@ -61,7 +61,9 @@ def test_dry_run_runs_every_section(tmp_path: Path) -> None:
     assert suite["sections"]["cifar10"]["result"]["results"][0]["epochs_run"] == 1
     assert (out / "cifar10.png").is_file()
     report = (out / "suite.md").read_text()
-    for heading in ("**Inference**", "**Training step**", "**CIFAR-10**", "**Detector**", "**Where the time goes**"):
+    assert len(suite["sections"]["blocks"]["result"]["blocks"]) == 13
+    for heading in ("**Inference**", "**Each depthwise separable block alone**", "**Training step**", "**CIFAR-10**",
+                    "**Detector**", "**Where the time goes**"):
         assert heading in report
 
 
