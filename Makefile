@@ -21,9 +21,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 # timm's model code for the timm parity test, without its dependencies: its torchvision requirement would pull a
 # CUDA torch, and the test needs neither (tests/timm_reference.py). Triton for the GPU kernels' tests, which run
 # them in Triton's CPU interpreter (3.9's interpreter works with numpy 2.4; CUDA builds of torch bring their own).
+# The TF Lite exporter (litert-torch) in a step of its own: see the comment on [tflite] in pyproject.toml.
 $(VENV)/.test-extras: $(VENV)/.installed
 	$(BIN)/pip install -q --no-deps "timm==1.0.31"
 	$(BIN)/pip install -q "triton==3.9.0"
+	$(BIN)/pip install -q -e ".[tflite]"
 	touch $@
 
 install: $(VENV)/.installed

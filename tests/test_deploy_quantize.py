@@ -151,8 +151,9 @@ def test_quantize_rejects_bad_calibration():
 def test_onnxruntime_int8_stays_close_to_float(digits_model, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from mobilenet.deploy.export import export_onnx, onnx_session, read_onnx_metadata
     from mobilenet.deploy.quantize import quantize_onnx
+    from mobilenet.export.onnx import export_onnx, read_onnx_metadata
+    from mobilenet.runtimes.onnxruntime import session as onnx_session
 
     model, (xtr, _), (xte, yte) = digits_model
     f = export_onnx(model, tmp_path / "f.onnx")
@@ -254,8 +255,8 @@ def test_recorded_grids_become_onnxruntime_overrides(tmp_path):
     pytest.importorskip("onnxruntime")
     import onnx
 
-    from mobilenet.deploy.export import export_onnx
     from mobilenet.deploy.quantize import onnx_overrides, quantize_onnx, recorded_grids
+    from mobilenet.export.onnx import export_onnx
 
     model = _import_with_recorded_ranges(tmp_path)
     ranges, grids = recorded_grids(model)

@@ -189,10 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from ..checkpoint import WeightsFileError
+    from ..runtimes.predictor import RuntimeMissingError  # a runtime or exporter that is not installed
 
     # OSError covers missing files and folders, permissions, a file where a folder is expected, a full disk:
     # all of them are about the user's files, and its message names the path.
-    return (CLIError, ValueError, OSError, WeightsFileError)
+    return (CLIError, ValueError, OSError, WeightsFileError, RuntimeMissingError)
 
 
 def _worker_died(error: BaseException) -> bool:

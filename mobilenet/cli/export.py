@@ -1,68 +1,134 @@
-"""`mobilenet export`: ONNX (float or int8 QDQ), TorchScript or a torch.export program."""
+"""`mobilenet export`: a classifier or detector to ONNX, TorchScript, torch.export, TF Lite, ExecuTorch, OpenVINO
+or Core ML.
+
+The exported file is then run in its own runtime against PyTorch (max |difference| of the outputs, top-1
+agreement) unless --no-check; Core ML cannot run on Linux, so its package is inspected instead (inputs,
+outputs, class labels, ops). Examples::
+
+    mobilenet export w.safetensors -o w.tflite --format tflite --layout NHWC
+    mobilenet export w.safetensors -o w_int8.pte --format executorch-int8 --calib ../shared/data/imagenet/images
+    mobilenet export w.safetensors -o w.xml --format openvino
+    mobilenet export detector.safetensors -o ssd.tflite --format tflite
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 NAME = "export"
-HELP = "export to ONNX (float or int8), TorchScript or torch.export"
-FORMATS = ("onnx", "onnx-int8", "torchscript", "torch-export")
+HELP = "export to ONNX, TorchScript, torch.export, TF Lite, ExecuTorch, OpenVINO or Core ML (float or int8)"
+DESCRIPTION = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("weights", help="weights file, or a model name (random weights)")
-    p.add_argument("-o", "--output", required=True, help="file to write")
+    from ..export import FORMATS
+
+    p.add_argument("weights", help="weights file (classifier or SSD; or a .tflite to import), or a model name "
+                                   "(random weights)")
+    p.add_argument("-o", "--output", required=True, help="file to write (its suffix must match the format)")
     p.add_argument("--format", choices=FORMATS, default="onnx")
     p.add_argument("--resolution", type=int, default=None, help="input size (default: the model's)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
-    p.add_argument("--calib", default=None, help="calibration images for onnx-int8 (folder or dataset)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 17; default 18)")
+    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW", help="TF Lite input layout")
+    p.add_argument("--batch", type=int, default=1, help="fixed batch size of a TF Lite or ExecuTorch file")
+    p.add_argument("--method", choices=("nncf", "qdq"), default="nncf",
+                   help="openvino-int8: NNCF on the float IR, or our int8 QDQ ONNX converted")
+    p.add_argument("--precision", choices=("float16", "float32"), default="float16",
+                   help="Core ML compute precision (float16 runs on the Neural Engine)")
+    p.add_argument("--calib", default=None, help="calibration images for *-int8 (folder or dataset)")
     p.add_argument("--num-calib", type=int, default=100, help="calibration images to use")
+    p.add_argument("--threads", type=int, default=None, help="threads of the check run")
     p.add_argument("--no-check", action="store_true", help="skip running the exported file against PyTorch")
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..deploy.export import export, onnx_session
+def _load(spec: str) -> Any:
+    """A classifier (weights file, model name, or a classifier .tflite imported) or a detector (SSD weights file,
+    or a detection .tflite imported)."""
+    from ..checkpoint import read_metadata
     from ..deploy.loading import load_model
+
+    if spec.lower().endswith(".tflite") and Path(spec).is_file():
+        from ..tflite.ssd import is_detection_tflite
+
+        if is_detection_tflite(spec):
+            from .detect import load_detector
+
+            return load_detector(spec)
+        from ..convert import import_model
+
+        return import_model(spec, "tflite")
+    if Path(spec).is_file() and read_metadata(spec).get("architecture") == "ssd_mobilenet_v1":
+        from .detect import load_detector
+
+        return load_detector(spec)
+    return load_model(spec)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..deploy.calibration import load_images
+    from ..export import INT8, SUFFIXES, artifact_metadata, check, export, file_size
+    from ..export.metadata import input_size, is_detector
     from ..preprocessing import Preprocessing
 
-    if args.opset < 17:
+    if args.opset is not None and args.opset < 17:
         raise ValueError(f"--opset must be >= 17, got {args.opset}")
     if args.resolution is not None and args.resolution < 32:
         raise ValueError(f"--resolution must be >= 32, got {args.resolution}")
-    model = load_model(args.weights)
-    r = args.resolution or model.config.resolution
+    if args.num_calib < 1:
+        raise ValueError(f"--num-calib must be >= 1, got {args.num_calib}")
+    if Path(args.output).suffix != SUFFIXES[args.format]:  # refused before the (slow) load and calibration
+        raise ValueError(f"--format {args.format} writes a {SUFFIXES[args.format]} file, not {Path(args.output).name}")
+    if (args.format in INT8) != (args.calib is not None):
+        raise ValueError(f"--format {args.format} needs --calib (a folder of images or a dataset)"
+                         if args.format in INT8 else f"--calib is for the int8 formats, not {args.format}")
+    model = _load(args.weights)
+    size = input_size(model, args.resolution)
     calibration = None
-    if args.format == "onnx-int8":
-        if args.calib is None:
-            raise ValueError("--format onnx-int8 needs --calib (a folder of images or a dataset)")
-        from ..deploy.calibration import load_images
+    if args.calib is not None:
+        pre = Preprocessing.from_dict(artifact_metadata(model, size=size)["preprocessing"])
+        calibration, _ = load_images(args.calib, pre, limit=args.num_calib)
+    detector_onnx = is_detector(model) and args.format.startswith("onnx")
+    if detector_onnx:  # ends in the model's own post-processing (NMS as ONNX ops): the detection layer's export
+        from ..detection.export import export_detector_int8, export_detector_onnx
         from ..weights import weights_info
 
-        pre = weights_info(model).preprocessing
-        pre = Preprocessing.from_dict({**pre.to_dict(), "resolution": r}) if pre else Preprocessing.imagenet(r)
-        calibration, _ = load_images(args.calib, pre, limit=args.num_calib)
-    path = export(model, args.output, format=args.format, resolution=r, calibration=calibration, opset=args.opset)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, {args.format}, input (batch, "
-          f"{model.config.in_chans}, {r}, {r}))")
+        options = {"image_size": size, "opset": args.opset or 18, "class_names": weights_info(model).classes}
+        path = (export_detector_int8(model, args.output, calibration, **options) if calibration is not None else
+                export_detector_onnx(model, args.output, **options))
+    else:
+        path = export(model, args.output, format=args.format, resolution=args.resolution, calibration=calibration,
+                      opset=args.opset, layout=args.layout, batch=args.batch, method=args.method,
+                      precision=args.precision)
+    print(f"wrote {path} ({file_size(path) / 1e6:.2f} MB, {args.format}, input {size[0]}x{size[1]})")
+    if args.format == "coreml":
+        from ..export.coreml import inspect_coreml
+
+        info = inspect_coreml(path)
+        ins = ", ".join(f"{f['name']} {f.get('color', '')} {f['width']}x{f['height']}" if "width" in f else
+                        f"{f['name']} {f.get('shape')}" for f in info["inputs"])
+        print(f"Core ML {info['type']} (spec {info['spec_version']}): inputs {ins}; outputs "
+              f"{', '.join(f['name'] for f in info['outputs'])}; {len(info['class_labels'])} class labels; "
+              f"ops {', '.join(info['ops'])}")
+        print("not run: Core ML predicts only on Apple platforms; this package was converted and inspected on "
+              "Linux, not executed")
+        return 0
+    if detector_onnx:
+        print("ends in detections (N, 7) after the model's NMS; `mobilenet detect eval --weights` the file to score it "
+              "(`mobilenet detect export` has the post-processing options)")
+        return 0
     if args.no_check:
         return 0
-    x = torch.randn(2, model.config.in_chans, r, r, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        ref = model(x)
-    if args.format.startswith("onnx"):
-        try:
-            sess = onnx_session(path)
-        except ImportError as e:
-            print(f"not checked: {e}")
-            return 0
-        out = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
-    elif args.format == "torchscript":
-        out = torch.jit.load(str(path))(x)
-    else:
-        out = torch.export.load(str(path)).module()(x)
-    diff = (out - ref).abs().max().item()
-    agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
-    print(f"check vs PyTorch on 2 random inputs: max abs difference {diff:.2e}, top-1 agreement {agree:.0%}")
+    # OpenVINO computes in bf16 by default on CPUs that have it: the file is checked in f32, the default is named.
+    options = {"precision": "f32"} if args.format.startswith("openvino") else {}
+    result = check(path, model, threads=args.threads, **options)
+    agree = "" if result.top1_agreement is None else f", top-1 agreement {result.top1_agreement:.0%}"
+    print(f"check in {result.description}: max abs difference to PyTorch {result.max_abs_diff:.2e} on "
+          f"{result.inputs} random inputs{agree}")
+    if options:
+        from ..runtimes.openvino import default_precision
+
+        print(f"(OpenVINO's own default precision on this CPU is {default_precision()}; `mobilenet eval` of the file "
+              "measures its accuracy there)")
     return 0

@@ -71,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import atomic_write
     from ..deploy.bench import num_threads, time_interleaved
     from ..deploy.calibration import load_images, load_labelled
-    from ..deploy.export import export_onnx, onnx_session
     from ..deploy.loading import load_model
     from ..deploy.quantize import (
         model_metadata,
@@ -82,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         recorded_grids,
         save_quantized,
     )
+    from ..export.onnx import export_onnx
     from ..preprocessing import Preprocessing
+    from ..runtimes.onnxruntime import session as onnx_session
     from ..weights import weights_info
     from ..zoo import VARIANTS
 

@@ -1,4 +1,4 @@
-"""Deployment: BN folding, int8 quantization, export (ONNX, TorchScript, torch.export) and the time benchmark.
+"""Deployment: BN folding, int8 quantization, the static graph exports start from, and the time benchmark.
 
 Each submodule stands alone; heavy or optional imports (``torch.ao.quantization``, ``onnx``,
 ``onnxruntime``, ``matplotlib``) happen inside the functions that need them.

@@ -219,7 +219,8 @@ def _onnx_rows(model: MobileNetV1, x: torch.Tensor, variant: str, tmp: str) -> C
         import onnxscript  # noqa: F401
     except ImportError as e:
         raise _Skip(f"needs onnxruntime and onnxscript ({e.name} missing)") from None
-    from .export import export_onnx, onnx_session
+    from ..export.onnx import export_onnx
+    from ..runtimes.onnxruntime import session as onnx_session
     from .quantize import quantize_onnx
 
     r = x.shape[-1]

@@ -62,11 +62,11 @@ from tqdm import tqdm
 
 from ..checkpoint import atomic_write
 from ..model import MobileNetV1
+from ..runtimes.pytorch import METADATA_FILE  # the TorchScript extra file holding config, class names, preprocessing
 from ..weights import weights_info
 from .static import static_model
 
 ENGINES = ("x86", "fbgemm", "onednn")
-METADATA_FILE = "mobilenet.json"  # the TorchScript extra file holding config, class names, preprocessing
 
 
 @contextmanager
@@ -534,6 +534,10 @@ def quantize_qat(
 
 
 def model_metadata(model: nn.Module) -> dict[str, Any]:
+    """What travels with a deployed file: :func:`mobilenet.export.metadata.artifact_metadata` of ``model``."""
+    from ..export.metadata import artifact_metadata
+
+    return artifact_metadata(model)
     """What travels with a deployed file: config, class names and preprocessing of the source model."""
     config = getattr(model, "config", None)
     info = weights_info(model)
@@ -601,7 +605,7 @@ def onnx_overrides(model: Any, activation_ranges: dict[str, tuple[float, float]]
                    weight_grids: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """ONNX Runtime ``TensorQuantOverrides`` that put a float MobileNet ONNX graph on recorded grids.
 
-    ``model``: the float graph from :func:`~mobilenet.deploy.export.export_onnx` (conv weights are
+    ``model``: the float graph from :func:`~mobilenet.export.onnx.export_onnx` (conv weights are
     initializers named like our state dict, ``blocks.3.pw.conv.weight``, BN folded). The graph input
     gets ``activation_ranges["input"]``; each conv's output gets its unit's range and passes it
     through the ops in ``_ONNX_SAME_GRID`` (Clip, Pad, pooling, reshapes); conv weights with a

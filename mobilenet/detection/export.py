@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..checkpoint import atomic_write
 from .postprocess import Detections, PostprocessConfig
@@ -39,26 +38,13 @@ INPUT_NAME = "input"
 NMS_MODES = ("per_class", "class_agnostic")
 
 
-class _Network(nn.Module):
-    """The SSD plus box decoding: (B, 3, H, W) -> decoded boxes (B, A, 4) xyxy, class logits (B, A, C + 1)."""
-
-    def __init__(self, model: SSD, image_size: tuple[int, int]) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("anchors", model.anchors(image_size, device="cpu").clone())
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        box_pred, logits = self.model(x)
-        return self.model.coder.decode(box_pred, self.anchors), logits
-
-
 def export_network(model: SSD, image_size: tuple[int, int] | None = None, *, opset: int = 18) -> Any:
     """``torch.onnx`` export of the network with dynamic batch: an ``onnx.ModelProto`` whose outputs are
     ``decoded (B, A, 4)`` and ``logits (B, A, C + 1)``; ``append_postprocess`` turns it into a detector graph."""
     import onnx
 
     size = tuple(image_size or model.config.image_size)
-    net = _Network(model.eval(), size).eval()
+    net = model.decoded(size)
     example = torch.randn(2, 3, *size)  # batch 2: a size-1 dim may be specialised as a constant
     batch = torch.export.Dim("batch", min=1, max=1024)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():

@@ -184,6 +184,19 @@ class SSD(nn.Module):
         return ([f"box_heads.{i}" for i in range(len(self.box_heads))],
                 [f"cls_heads.{i}" for i in range(len(self.cls_heads))])
 
+    def decoded(self, image_size: tuple[int, int] | None = None) -> DecodedSSD:
+        """This network with its box decoding, for export at a fixed input size (default: the config's): a copy
+        with the tf preset's SAME padding frozen to constant pads, the anchors baked in (see :class:`DecodedSSD`).
+        Every export target (the network part of the ONNX export, TF Lite, ExecuTorch, OpenVINO, Core ML)
+        exports this."""
+        import copy
+
+        from ..deploy.static import freeze_same_padding
+
+        size = tuple(image_size or self.config.image_size)
+        model = freeze_same_padding(copy.deepcopy(self).eval(), size)
+        return DecodedSSD(model, size).eval()  # type: ignore[arg-type]
+
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> the six feature maps the predictors read."""
         stages = self.backbone.forward_stages(x)
@@ -238,6 +251,20 @@ class SSD(nn.Module):
         box_pred, logits = self(x)
         anchors = self.anchors(tuple(x.shape[-2:]), device=x.device)
         return postprocess(box_pred, logits, anchors, self.coder, cfg or self.config.postprocess)
+
+
+class DecodedSSD(nn.Module):
+    """An SSD plus box decoding: (B, 3, H, W) -> decoded boxes (B, A, 4) normalised x1, y1, x2, y2 and class
+    logits (B, A, C + 1), the anchors of one input size baked in as a buffer."""
+
+    def __init__(self, model: SSD, image_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("anchors", model.anchors(image_size, device="cpu").clone())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        box_pred, logits = self.model(x)
+        return self.model.coder.decode(box_pred, self.anchors), logits
 
 
 def build_ssd(config: dict[str, Any] | SSDConfig) -> SSD:

@@ -1,0 +1,208 @@
+"""Export to every target, each file run back in its own runtime: parity with PyTorch (<= 1e-4), metadata, batch
+sizes, refusals, the CLI. Core ML cannot run on Linux: its package is inspected (inputs, outputs, labels, ops)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import mobilenet
+from mobilenet import runtimes
+from mobilenet.cli import main
+from mobilenet.export import check, export, file_size
+from mobilenet.export.pytorch import export_program, export_torchscript
+from mobilenet.runtimes.pytorch import METADATA_FILE
+from mobilenet.weights import WeightsInfo
+
+CLASSES = [f"c{i}" for i in range(6)]
+
+
+def _model(preset: str) -> mobilenet.MobileNetV1:
+    model = mobilenet.create_model("mobilenet_v1_025_128", preset=preset, resolution=64, num_classes=6).train()
+    with torch.no_grad():  # BatchNorm statistics of real activations, so outputs are not ~0
+        model(torch.randn(16, 3, 64, 64))
+    model.eval()
+    model.weights_info = WeightsInfo(classes=CLASSES)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tf_model():
+    return _model("tf")  # the tf preset: SAME padding frozen to constant pads in every export
+
+
+def _inputs(n: int = 3) -> torch.Tensor:
+    return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def _agrees(path, model, **options) -> runtimes.Predictor:
+    """The file in its runtime equals the model to 1e-4 at batch 1 and 3, and carries names and preprocessing."""
+    result = check(path, model, _inputs(), **options)
+    assert result.max_abs_diff <= 1e-4 and result.top1_agreement == 1.0, result
+    predictor = runtimes.load(path, **options)
+    x = _inputs(1)
+    with torch.no_grad():
+        assert (predictor(x) - model(x)).abs().max().item() <= 1e-4
+    assert predictor.class_names == CLASSES and predictor.preprocessing.resolution == 64
+    assert predictor.config.preset == model.config.preset and predictor.task == "classify"
+    return predictor
+
+
+@pytest.fixture(scope="module", params=["paper", "tf"])
+def onnx_export(request, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = _model(request.param)
+    path = export(model, tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx", format="onnx")
+    return model, path
+
+
+@pytest.mark.slow
+def test_onnx_matches_pytorch_at_any_batch(onnx_export):
+    model, path = onnx_export
+    predictor = _agrees(path, model)
+    assert predictor.input_shape == (None, 3, 64, 64) and predictor.output_names == ["logits"]
+    assert predictor(_inputs(7)).shape == (7, 6)
+
+
+@pytest.mark.slow
+def test_onnx_metadata_and_opset(onnx_export):
+    import onnx
+
+    from mobilenet.export.onnx import read_onnx_metadata
+
+    model, path = onnx_export
+    proto = onnx.load(str(path))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["preprocessing"])["resolution"] == 64
+    assert json.loads(props["class_names"])[5] == "c5"
+    meta = read_onnx_metadata(path)
+    assert meta["config"]["preset"] == model.config.preset and meta["config"]["num_classes"] == 6
+    assert meta["input_size"] == [64, 64] and meta["task"] == "classify"
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 64, 64]
+
+
+@pytest.mark.slow
+def test_onnx_runs_in_openvino_too(onnx_export):
+    pytest.importorskip("openvino")
+    model, path = onnx_export
+    predictor = _agrees(path, model, runtime="openvino", precision="f32")
+    assert predictor.runtime == "openvino"
+
+
+@pytest.mark.parametrize("preset", ["paper", "tf"])
+def test_torchscript_and_torch_export_load_back(preset, tmp_path):
+    model = _model(preset)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    ts = export_torchscript(model, tmp_path / "m.pt")
+    extra = {METADATA_FILE: ""}
+    loaded = torch.jit.load(str(ts), _extra_files=extra)
+    assert torch.allclose(loaded(x), ref, atol=1e-5)
+    assert json.loads(extra[METADATA_FILE])["config"]["preset"] == preset
+    ep = torch.export.load(str(export_program(model, tmp_path / "m.pt2")))
+    assert torch.allclose(ep.module()(x), ref, atol=1e-5)
+    assert torch.allclose(ep.module()(x[:1]), ref[:1], atol=1e-5)  # dynamic batch
+    for path in (ts, tmp_path / "m.pt2"):
+        predictor = _agrees(path, model)
+        assert predictor.runtime == "torch"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_tflite_float(tf_model, layout, tmp_path):
+    pytest.importorskip("litert_torch")
+    path = export(tf_model, tmp_path / "m.tflite", format="tflite", layout=layout)
+    predictor = _agrees(path, tf_model)
+    assert predictor.layout == layout and predictor.input_shape == (1, 3, 64, 64)  # batch 3 ran in chunks of 1
+    from mobilenet.runtimes.tflite import read_metadata
+
+    assert read_metadata(path)[0]["input_layout"] == layout
+
+
+@pytest.mark.slow
+def test_executorch_float_and_int8(tf_model, tmp_path):
+    pytest.importorskip("executorch")
+    path = export(tf_model, tmp_path / "m.pte", format="executorch", batch=2)
+    predictor = _agrees(path, tf_model)
+    assert predictor.input_shape[0] == 2 and "XNNPACK" in predictor.describe()
+    calib = torch.randn(8, 3, 64, 64)
+    q = export(tf_model, tmp_path / "q.pte", format="executorch-int8", calibration=calib)
+    qp = runtimes.load(q)
+    assert qp.metadata["quantization"]["method"] == "pt2e-xnnpack" and qp.class_names == CLASSES
+    x = _inputs(8)
+    with torch.no_grad():
+        ref = tf_model(x)
+    out = qp(x)
+    assert out.shape == ref.shape and (out - ref).abs().max().item() < 0.5 * ref.abs().max().item()
+    assert file_size(q) < file_size(path) / 2  # int8 weights
+
+
+@pytest.mark.slow
+def test_openvino_float_and_int8(tf_model, tmp_path):
+    pytest.importorskip("openvino")
+    path = export(tf_model, tmp_path / "m.xml", format="openvino")
+    assert path.with_suffix(".bin").is_file() and file_size(path) > path.stat().st_size
+    predictor = _agrees(path, tf_model, precision="f32")
+    assert predictor.input_shape[0] is None and predictor.precision == "f32"
+    pytest.importorskip("nncf")
+    q = export(tf_model, tmp_path / "q.xml", format="openvino-int8", calibration=torch.randn(8, 3, 64, 64))
+    qp = runtimes.load(q, precision="f32")
+    assert qp.metadata["quantization"]["method"] == "nncf" and qp(_inputs(2)).shape == (2, 6)
+
+
+@pytest.mark.slow
+def test_coreml_package_is_inspected_not_run(tf_model, tmp_path):
+    pytest.importorskip("coremltools")
+    from mobilenet.export.coreml import inspect_coreml
+
+    path = export(tf_model, tmp_path / "m.mlpackage", format="coreml")
+    info = inspect_coreml(path)
+    assert info["type"] == "mlProgram"
+    assert info["inputs"] == [{"name": "image", "type": "imageType", "width": 64, "height": 64, "color": "RGB"}]
+    assert [o["name"] for o in info["outputs"]] == ["classLabel", "classLabel_probs"]
+    assert info["class_labels"] == CLASSES and info["predicted_feature"] == "classLabel"
+    assert {"conv", "pad", "softmax", "classify"} <= set(info["ops"])  # static pads: no shape arithmetic left
+    assert info["metadata"]["preprocessing"]["resolution"] == 64
+    with pytest.raises(ValueError, match="mlpackage"):
+        export(tf_model, tmp_path / "m.mlmodel", format="coreml")
+
+
+def test_export_rejects_bad_arguments(tmp_path):
+    model = _model("paper")
+    with pytest.raises(ValueError, match="format"):
+        export(model, tmp_path / "m.x", format="tflite-float16")
+    with pytest.raises(ValueError, match="calibration"):
+        export(model, tmp_path / "m.onnx", format="onnx-int8")
+    with pytest.raises(ValueError, match="opset"):
+        export(model, tmp_path / "m.onnx", format="onnx", opset=13)
+    with pytest.raises(ValueError, match="opset"):
+        export(model, tmp_path / "m.pt", format="torchscript", opset=18)
+    with pytest.raises(ValueError, match=r"\.pt file"):  # a file that is not what its name says
+        export(model, tmp_path / "m.onnx", format="torchscript")
+    with pytest.raises(TypeError, match="MobileNetV1"):
+        export(nn.Linear(2, 2), tmp_path / "m.onnx")  # type: ignore[arg-type]
+
+
+def test_cli_export(tmp_path, capsys):
+    src = mobilenet.save(_model("tf"), tmp_path / "m.safetensors")
+    out = tmp_path / "m.pt"
+    assert main(["export", str(src), "--format", "torchscript", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "max abs difference" in text and "top-1 agreement 100%" in text and "torch 2" in text
+    assert main(["export", str(src), "--format", "onnx-int8", "-o", str(tmp_path / "q.onnx")]) == 2
+    assert "--calib" in capsys.readouterr().err
+    assert main(["export", str(src), "--format", "torchscript", "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "m.onnx" in capsys.readouterr().err
+    assert main(["export", str(src), "--opset", "16", "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "opset" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "none.safetensors"), "--format", "torchscript", "-o", str(out)]) == 2
+    assert "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", str(src), "--format", "tflite-float16", "-o", str(out)])
