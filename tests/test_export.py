@@ -206,3 +206,44 @@ def test_cli_export(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(src), "--format", "tflite-float16", "-o", str(out)])
+
+
+@pytest.fixture(scope="module")
+def ssd():
+    from mobilenet.detection.ssd import SSD, SSDConfig
+
+    model = SSD(SSDConfig(num_classes=3, width_mult=0.25, image_size=(128, 128))).train()
+    with torch.no_grad():  # BatchNorm statistics of real activations
+        model(torch.randn(8, 3, 128, 128))
+    model.eval()
+    model.weights_info = WeightsInfo(classes=["cat", "dog", "fox"])
+    return model
+
+
+@pytest.mark.slow
+def test_detector_exports_its_decoded_network(ssd, tmp_path):
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("openvino")
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+    for fmt, name, options in (("tflite", "d.tflite", {}), ("openvino", "d.xml", {"precision": "f32"})):
+        path = export(ssd, tmp_path / name, format=fmt)
+        result = check(path, ssd, x, **options)  # decoded boxes and logits
+        assert result.max_abs_diff <= 1e-4 and result.top1_agreement is None, result
+        predictor = runtimes.load(path, **options)
+        assert predictor.task == "detect" and predictor.class_names == ["cat", "dog", "fox"]
+        assert predictor.metadata["postprocess"] == ssd.config.postprocess.to_dict()
+        assert predictor.metadata["outputs"] == ["decoded", "logits"]
+    with pytest.raises(ValueError, match="post-processing"):
+        export(ssd, tmp_path / "d.onnx", format="onnx")
+
+
+@pytest.mark.slow
+def test_detector_coreml_package(ssd, tmp_path):
+    pytest.importorskip("coremltools")
+    from mobilenet.export.coreml import inspect_coreml
+
+    info = inspect_coreml(export(ssd, tmp_path / "d.mlpackage", format="coreml"))
+    anchors = ssd.anchors().shape[0]
+    assert [(o["name"], o["shape"]) for o in info["outputs"]] == [("decoded", [1, anchors, 4]),
+                                                                   ("logits", [1, anchors, 4])]
+    assert info["metadata"]["task"] == "detect" and info["inputs"][0]["type"] == "imageType"
