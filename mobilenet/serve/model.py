@@ -70,7 +70,7 @@ def load_served(path: str | os.PathLike[str], device: torch.device | str = "cpu"
     device = torch.device(device)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        from ..deploy.export import read_onnx_metadata
+        from ..export.onnx import read_onnx_metadata
 
         meta = read_onnx_metadata(path)
         if meta.get("architecture") == "ssd_mobilenet_v1":
@@ -112,7 +112,7 @@ def _torch_classifier(model: Any, name: str, device: torch.device) -> ServedMode
 
 
 def _onnx_classifier(path: Path, meta: dict[str, Any]) -> ServedModel:
-    from ..deploy.export import onnx_session
+    from ..runtimes.onnxruntime import session as onnx_session
 
     pre = Preprocessing.from_dict(meta["preprocessing"]) if meta.get("preprocessing") else Preprocessing.imagenet(
         int(meta.get("config", {}).get("resolution", 224)))

@@ -100,8 +100,8 @@ def torch_detector(model: Any, device: torch.device | str = "cpu", *, name: str 
 
 
 def _onnx_detector(path: Path, device: torch.device) -> FrameDetector:
-    from ..deploy.export import onnx_session
     from ..detection.export import onnx_detections
+    from ..runtimes.onnxruntime import session as onnx_session
 
     try:
         import onnx
