@@ -110,7 +110,7 @@ def model_preprocessing(model: nn.Module) -> Preprocessing:
 def require_classifier(model: nn.Module, source: str = "the model") -> None:
     """Refuse, with one clear line, a model that does not output class scores: a detector, or a backbone
     without a classifier (its outputs are features, which must not be printed or scored as classes)."""
-    if callable(getattr(model, "detect", None)):  # the SSD (ssd_mobilenet_v1)
+    if callable(getattr(model, "detect", None)) or getattr(model, "task", None) == "detect":  # an SSD or its export
         raise ValueError(f"{source} is an object detector ({type(model).__name__}), not an image classifier: "
                          "use `mobilenet detect`")
     if getattr(model, "num_classes", None) == 0:

@@ -106,3 +106,24 @@ def test_imported_model_exported_runs_equal_in_onnxruntime_and_openvino(photos, 
         predictor = runtimes.load(path, runtime=runtime, threads=1, **options)
         assert predictor.runtime == runtime and predictor.preprocessing == pre
         assert (predictor(x) - ref).abs().max().item() <= 1e-4, runtime
+
+
+@pytest.mark.realdata
+def test_cli_eval_and_predict_take_a_tflite_file(photos, capsys):
+    pytest.importorskip("ai_edge_litert")
+    import json
+
+    from mobilenet.cli import main
+
+    path = shared_file(*QUANT)
+    folder = photos[0][0].parent
+    assert main(["eval", "--weights", str(path), "--data", str(folder), "--labels", "from-filename",
+                 "--format", "json", "--workers", "0", "--threads", "1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["count"] == 100 and res["top1"] == pytest.approx(45.0) and res["runtime"].startswith("tflite")
+    tench = next(p for p, _ in photos if p.name.startswith("n01440764"))
+    assert main(["predict", str(tench), "--weights", str(path), "--topk", "1"]) == 0
+    assert "(tench)" in capsys.readouterr().out
+    assert main(["predict", str(tench), "--weights", str(path), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err  # no CUDA here: refused by the device check; with CUDA: by the runtime's
+    assert err.count("\n") == 1 and ("CUDA" in err or "runs in tflite on the CPU" in err)

@@ -25,7 +25,9 @@ from . import detect_video
 NAME = "detect"
 HELP = "object detection with MobileNet-SSD: train, eval, predict, convert, export"
 DESCRIPTION = __doc__
-WEIGHTS = "detector weights (.safetensors, or a detection .tflite)"
+WEIGHTS = ("detector weights (.safetensors; a detection .tflite, imported; or a deployed file run in its own runtime: "
+           ".onnx, .pte, OpenVINO .xml, our .tflite exports)")
+RUNTIME = "run --weights in this runtime (tflite: Google's detect.tflite in the interpreter instead of imported)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--metric", choices=("voc", "voc07", "kitti", "coco"))
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--device", default="auto")
+    e.add_argument("--runtime", choices=("tflite", "openvino"), help=RUNTIME)
     e.add_argument("--json", dest="json_out", help="also write the metrics here")
 
     pr = sub.add_parser("predict", help="detections for images (JSON) and pictures with boxes",
@@ -69,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pr.add_argument("--score-threshold", type=float, default=0.3)
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--runtime", choices=("tflite", "openvino"), help=RUNTIME)
 
     c = sub.add_parser("convert", help="import TF Lite's detect.tflite (COCO SSD) into a weights file",
                        description="Import a TF Object Detection API SSD-MobileNet v1 .tflite export.")
@@ -132,11 +136,29 @@ def _train(args: argparse.Namespace) -> int:
     return code
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from ..detection.evaluate import evaluate_detector, score_predictions
+def _device(args: argparse.Namespace) -> Any:
+    """The device to run on: ``--device``, where ``auto`` is the CPU for a file another runtime runs (every
+    deployed file but Google's detect.tflite, which is imported unless ``--runtime`` says otherwise)."""
+    import torch
+
     from ..distributed import resolve_device
+    from ..runtimes import is_artifact
+    from ..runtimes.tflite import read_metadata
+
+    weights = str(args.weights)
+    imported = weights.lower().endswith(".tflite") and not args.runtime and not read_metadata(weights)[0]
+    if args.device == "auto" and is_artifact(weights) and not imported:
+        return torch.device("cpu")
+    return resolve_device(args.device)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..detection.evaluate import evaluate_detector, score_predictions
     from ..engine.detect import load_detector, read_split
     from ..recipe import DetectConfig
+    from ..runtimes import describe
     from ._progress import print_problems
 
     cfg = DetectConfig(data=args.data, data_format=args.data_format, classes=args.classes, image_dir=args.image_dir,
@@ -146,9 +168,11 @@ def _eval(args: argparse.Namespace) -> int:
     if args.predictions:
         r = score_predictions(args.predictions, ds, cfg.metric)  # type: ignore[arg-type]
     else:
-        device = resolve_device(args.device)
-        r = evaluate_detector(load_detector(args.weights, device), ds, metric=cfg.metric,  # type: ignore[arg-type]
+        device = _device(args)
+        model = load_detector(args.weights, device, runtime=args.runtime, threads=torch.get_num_threads())
+        r = evaluate_detector(model, ds, metric=cfg.metric,  # type: ignore[arg-type]
                               batch_size=args.batch_size, device=device, progress=True)
+        r["runtime"] = describe(model)
     _print_metrics(r)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(r, indent=1))
@@ -156,13 +180,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    import torch
+
     from ..detection.predict import detect_images, list_images, write_outputs
-    from ..distributed import resolve_device
     from ..engine.detect import load_detector
 
-    paths, device = list_images(args.inputs), resolve_device(args.device)  # a missing image before a model load
-    results = detect_images(load_detector(args.weights, device), paths, score_threshold=args.score_threshold,
-                            batch_size=args.batch_size, device=device)
+    paths, device = list_images(args.inputs), _device(args)  # a missing image before a model load
+    model = load_detector(args.weights, device, runtime=args.runtime, threads=torch.get_num_threads())
+    results = detect_images(model, paths, score_threshold=args.score_threshold, batch_size=args.batch_size,
+                            device=device)
     if args.out:
         pictures = write_outputs(results, args.out)
         print(f"wrote {len(pictures)} picture(s) and detections.json to {args.out}", file=sys.stderr)

@@ -30,7 +30,9 @@ DESCRIPTION = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", required=True, help="weights file (.safetensors written by mobilenet)")
+    p.add_argument("--weights", required=True,
+                   help="weights file (.safetensors written by mobilenet), or a deployed file run in its own runtime "
+                        "(.onnx, .tflite, .pte, OpenVINO .xml, TorchScript .pt, .pt2)")
     p.add_argument("--data", required=True,
                    help="labelled images: folder of class folders, .zip, .tar, cifar10:<path>#test, digits#test")
     p.add_argument("--labels", metavar="FILE|from-filename",
@@ -55,15 +57,17 @@ def _drop_empty_classes(res: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load
+    import torch
+
     from ..data import eval_transform, make_eval_loader, open_image_dataset
     from ..distributed import resolve_device
     from ..evaluate import evaluate
     from ..predict import model_preprocessing, require_classifier
+    from ..runtimes import describe, is_artifact, open_model
     from ..strict_json import dumps
 
-    device = resolve_device(args.device)
-    model = load(args.weights, map_location=device)
+    device = torch.device("cpu") if is_artifact(args.weights) and args.device == "auto" else resolve_device(args.device)
+    model = open_model(args.weights, device=device, threads=torch.get_num_threads())
     require_classifier(model, str(args.weights))
     classes = model.weights_info.classes
     pre = model_preprocessing(model)
@@ -81,12 +85,12 @@ def run(args: argparse.Namespace) -> int:
     if args.labels is not None:
         _drop_empty_classes(res)
     skipped = [{"name": name, "reason": reason} for name, reason in batches.skipped]
-    res = {"weights": str(args.weights), "data": str(args.data), "labels": args.labels, **res,
-           "skipped_count": len(skipped), "skipped": skipped}
+    res = {"weights": str(args.weights), "runtime": describe(model), "data": str(args.data), "labels": args.labels,
+           **res, "skipped_count": len(skipped), "skipped": skipped}
     if args.format == "json":
         print(dumps(res, indent=2))
         return 0
-    print(f"{args.weights} on {args.data}: {res['count']} images")
+    print(f"{args.weights} on {args.data}: {res['count']} images ({res['runtime']})")
     print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}")
     if skipped:
         print(f"skipped {len(skipped)} file(s):")

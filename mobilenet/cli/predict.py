@@ -26,7 +26,9 @@ DESCRIPTION = __doc__
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|GLOB", help="image files, folders or glob patterns")
-    p.add_argument("--weights", required=True, help="weights file (.safetensors written by mobilenet)")
+    p.add_argument("--weights", required=True,
+                   help="weights file (.safetensors written by mobilenet), or a deployed file run in its own runtime "
+                        "(.onnx, .tflite, .pte, OpenVINO .xml, TorchScript .pt, .pt2)")
     p.add_argument("--topk", type=positive_int, default=5, help="labels per image (default: 5)")
     p.add_argument("--format", choices=("text", "json", "csv"), default="text", help="output format")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
@@ -42,14 +44,16 @@ def _shown(top: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load
+    import torch
+
     from ..distributed import resolve_device
     from ..predict import expand_inputs, predict, require_classifier
+    from ..runtimes import is_artifact, open_model
     from ..strict_json import dumps
 
     paths = expand_inputs(args.inputs)
-    device = resolve_device(args.device)
-    model = load(args.weights, map_location=device)
+    device = torch.device("cpu") if is_artifact(args.weights) and args.device == "auto" else resolve_device(args.device)
+    model = open_model(args.weights, device=device, threads=torch.get_num_threads())
     require_classifier(model, str(args.weights))
     results = predict(model, paths, topk=args.topk, batch_size=args.batch_size, device=device)
     errors = [r for r in results if "error" in r]

@@ -69,9 +69,16 @@ def postprocess(
 ) -> list[Detections]:
     """(B, A, 4) offsets, (B, A, C+1) logits, (A, 4) anchors -> one ``Detections`` per image (normalised)."""
     boxes_all = coder.decode(box_pred.float(), anchors.float())  # (B, A, 4)
+    return select_detections(boxes_all, class_scores(cls_logits.float(), cfg.score_fn), cfg)
+
+
+def select_detections(boxes_all: torch.Tensor, scores_all: torch.Tensor, cfg: PostprocessConfig) -> list[Detections]:
+    """(B, A, 4) decoded normalised xyxy boxes, (B, A, C) class scores -> one ``Detections`` per image: clipping,
+    thresholds, top-k and NMS as ``cfg`` says (what :func:`postprocess` does after decoding; a deployed file that
+    ends in decoded boxes and logits, or boxes and scores, is finished here)."""
     if cfg.clip_boxes:
         boxes_all = boxes_all.clamp(0, 1)
-    scores_all = class_scores(cls_logits.float(), cfg.score_fn)  # (B, A, C)
+    scores_all = scores_all.float()
     results = []
     for boxes, scores in zip(boxes_all, scores_all, strict=True):
         if cfg.nms_mode == "class_agnostic":

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import load, load_state_strict, read
+from ..checkpoint import load_state_strict, read
 from ..detection.augment import TrainTransform, collate
 from ..detection.datasets import DetectionDataset, read_dataset
 from ..detection.evaluate import evaluate_detector
@@ -30,16 +30,19 @@ from ..weights import WeightsInfo, weights_info
 from .loop import Prepared, finish, run
 
 
-def load_detector(weights: str | os.PathLike[str], map_location: Any = "cpu") -> SSD:
-    """A detector from our weights file or straight from a detection ``.tflite`` (imported on the fly)."""
-    if str(weights).lower().endswith(".tflite"):
+def load_detector(weights: str | os.PathLike[str], map_location: Any = "cpu", *, runtime: str | None = None,
+                  threads: int | None = None) -> Any:
+    """A detector: our weights file (an SSD); Google's detection ``.tflite`` imported on the fly (an SSD), or run
+    in the TF Lite interpreter with ``runtime="tflite"``; any other deployed file (``.onnx``, ``.pte``, OpenVINO
+    ``.xml``, our ``.tflite`` exports) in its runtime (:func:`mobilenet.detection.runtime.open_detector`)."""
+    from ..detection.runtime import open_detector
+    from ..runtimes.tflite import read_metadata
+
+    if str(weights).lower().endswith(".tflite") and runtime is None and not read_metadata(weights)[0]:
         from ..tflite.ssd import import_detect_tflite
 
         return import_detect_tflite(weights).to(map_location)
-    model = load(weights, map_location=map_location)
-    if not isinstance(model, SSD):
-        raise ValueError(f"{weights} holds a {type(model).__name__}, not a detector")
-    return model
+    return open_detector(weights, map_location, runtime=runtime, threads=threads)
 
 
 def read_split(cfg: DetectConfig, split: str) -> DetectionDataset:

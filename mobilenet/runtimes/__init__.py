@@ -94,5 +94,32 @@ def load(path: str | os.PathLike[str], *, runtime: str | None = None, threads: i
     return module(runtime).load(path, threads=threads, **options)
 
 
-__all__ = ["RUNTIMES", "SUFFIXES", "Predictor", "RuntimeMissingError", "available", "is_artifact", "load", "module",
-           "runtime_for"]
+def open_model(path: str | os.PathLike[str], *, device: Any = "cpu", threads: int | None = None) -> Any:
+    """What ``eval``/``predict``/``detect`` run: a weights file as its PyTorch model on ``device``
+    (:func:`mobilenet.checkpoint.load`), any deployed file as its :class:`Predictor` (CPU; one line refusing
+    another device). The result is an ``nn.Module`` carrying ``weights_info`` either way."""
+    import torch
+
+    from ..checkpoint import load as load_weights
+
+    device = torch.device(device)
+    if not is_artifact(path):
+        return load_weights(path, map_location=device)
+    if device.type != "cpu":
+        raise ValueError(f"{Path(path).name} runs in {runtime_for(path)} on the CPU; --device {device} is for weights "
+                         "files (.safetensors)")
+    return load(path, threads=threads)
+
+
+def describe(model: Any) -> str:
+    """One line naming what runs ``model``: a Predictor's runtime and input contract, or PyTorch and the device."""
+    if isinstance(model, Predictor):
+        return model.describe()
+    import torch
+
+    param = next(model.parameters(), None)
+    return f"torch {torch.__version__} ({param.device if param is not None else 'cpu'})"
+
+
+__all__ = ["RUNTIMES", "SUFFIXES", "Predictor", "RuntimeMissingError", "available", "describe", "is_artifact", "load",
+           "module", "open_model", "runtime_for"]

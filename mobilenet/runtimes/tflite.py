@@ -53,28 +53,41 @@ def interpreter(path: str | os.PathLike[str], *, kernels: str = "default", threa
 
 
 def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[str]]:
-    """(the ``mobilenet`` metadata entry, or ``{}``; the custom op names) of a ``.tflite`` file."""
-    schema = require("ai_edge_litert.schema_py_generated", NAME, EXTRA)
-    buf = Path(path).read_bytes()
-    model = schema.Model.GetRootAs(buf, 0)
-    meta: dict[str, Any] = {}
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if (entry.Name() or b"").decode() == METADATA_KEY:
-            meta = json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
-    customs = [(model.OperatorCodes(i).CustomCode() or b"").decode() for i in range(model.OperatorCodesLength())]
-    return meta, [c for c in customs if c]
+    """(the ``mobilenet`` metadata entry, or ``{}``; the custom op names) of a ``.tflite`` file, read with the TF
+    Lite wing's own reader (no runtime needed)."""
+    from ..tflite.format import read_tflite
+
+    model = read_tflite(path)
+    text = model.metadata.get(METADATA_KEY)
+    customs = sorted({op.custom_code for op in model.operators if op.opcode == "CUSTOM" and op.custom_code})
+    return (json.loads(text) if text else {}), customs
 
 
-def _label_file(path: Path) -> list[str] | None:
-    for name in LABEL_FILES:
-        f = path.parent / name
-        if f.is_file():
-            names = [line.strip() for line in f.read_text().splitlines()]
-            while names and not names[-1]:
-                names.pop()
-            return names
-    return None
+def foreign_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a ``.tflite`` without our metadata says of itself: a detector ending in ``TFLite_Detection_PostProcess``
+    (its class count from the op's options, the names from a ``labelmap.txt`` beside it, as TF Lite's example apps
+    read them), or a classifier (a 1000- or 1001-way output: the ImageNet classes, TF's ``background`` first)."""
+    from ..tflite.flexbuffers import decode_flexbuffer
+    from ..tflite.format import read_labelmap, read_tflite
+
+    model, path = read_tflite(path), Path(path)
+    post = [op for op in model.operators if op.opcode == "CUSTOM" and op.custom_code == POSTPROCESS_OP]
+    if post:
+        options = decode_flexbuffer(post[0].custom_options or b"") or {}
+        n = int(options.get("num_classes", 0))
+        meta: dict[str, Any] = {"task": "detect", "postprocess_op": options}
+        labels = next((path.parent / f for f in LABEL_FILES if (path.parent / f).is_file()), None)
+        if labels is not None and n:
+            meta.update(class_names=read_labelmap(labels, n), labels_from=str(labels))
+        return meta
+    meta = {"task": "classify"}
+    n = int(model.outputs[0].shape[-1])
+    if n in (1000, 1001):  # Google's ImageNet classifiers: TF's 1001 classes have "background" first
+        from ..imagenet_classes import imagenet_class_names, imagenet_wnids
+
+        meta.update(class_names=imagenet_wnids(background=n == 1001),
+                    extra={"class_labels": imagenet_class_names(background=n == 1001)})
+    return meta
 
 
 def _quantization(detail: dict[str, Any]) -> tuple[float, int] | None:
@@ -89,7 +102,7 @@ class TFLitePredictor(Predictor):
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None, kernels: str = "default") -> None:
         it = interpreter(path, kernels=kernels, threads=threads)
-        meta, customs = read_metadata(path)
+        meta, _ = read_metadata(path)
         inp = it.get_input_details()[0]
         shape = [int(v) for v in inp["shape"]]
         if len(shape) != 4:
@@ -100,7 +113,7 @@ class TFLitePredictor(Predictor):
             raise ValueError(f"{path}: input type {dtype} is not supported (float32, uint8 or int8)")
         outputs = it.get_output_details()
         if not meta:
-            meta = self._foreign_metadata(Path(path), customs, outputs)
+            meta = foreign_metadata(path)
         dynamic = int(inp.get("shape_signature", inp["shape"])[0]) == -1
         super().__init__(path, metadata=meta, input_shape=[None if dynamic else shape[0], *shape[1:]], layout=layout,
                          input_dtype=dtype,
@@ -108,21 +121,6 @@ class TFLitePredictor(Predictor):
                          threads=threads)
         self.interpreter, self.kernels = it, kernels
         self._input_index, self._batch = inp["index"], shape[0]
-
-    @staticmethod
-    def _foreign_metadata(path: Path, customs: list[str], outputs: list[dict[str, Any]]) -> dict[str, Any]:
-        if POSTPROCESS_OP in customs:
-            names = _label_file(path)
-            return {"task": "detect", "postprocess_op": POSTPROCESS_OP,
-                    **({"class_names": names, "labels_from": str(path.parent / LABEL_FILES[0])} if names else {})}
-        meta: dict[str, Any] = {"task": "classify"}
-        n = int(outputs[0]["shape"][-1])
-        if n in (1000, 1001):  # Google's ImageNet classifiers: TF's 1001 classes have "background" first
-            from ..imagenet_classes import imagenet_class_names, imagenet_wnids
-
-            meta.update(class_names=imagenet_wnids(background=n == 1001),
-                        extra={"class_labels": imagenet_class_names(background=n == 1001)})
-        return meta
 
     def _default_preprocessing(self) -> Preprocessing:
         if self.input_dtype == "float32":

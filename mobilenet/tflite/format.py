@@ -14,6 +14,7 @@ Stable API (other modules import it)::
     t.name, t.shape, t.dtype, t.scale, t.zero_point, t.quantized_dimension
     t.numpy()        # raw stored values (uint8 ...), None for activations
     t.dequantize()   # float32: (q - zero_point) * scale along quantized_dimension
+    model.metadata   # {"min_runtime_version": b"1.5.0", "mobilenet": b"{...}"}: the named metadata buffers
 """
 
 from __future__ import annotations
@@ -266,6 +267,7 @@ class TFLiteModel:
     version: int
     description: str
     subgraphs: list[TFLiteSubgraph]
+    metadata: dict[str, bytes] = field(default_factory=dict)  # the model's named metadata buffers
 
     @property
     def main(self) -> TFLiteSubgraph:
@@ -369,12 +371,14 @@ def parse_tflite(buf: bytes, path: str = "<bytes>") -> TFLiteModel:
             opcodes.append((name, oc.string(1), oc.scalar(2, "<i", 1)))
         buffers = root.tables(4)
         subgraphs = [_parse_subgraph(buf, sg, opcodes, buffers) for sg in root.tables(2)]
+        metadata = {m.string(0) or "": _buffer_bytes(buf, buffers, m.scalar(1, "<I", 0), "metadata") or b""
+                    for m in root.tables(6)}
     except (struct.error, IndexError, UnicodeDecodeError) as e:
         raise TFLiteFormatError(f"{path} is a corrupt TF Lite file ({e})") from None
     if not subgraphs:
         raise TFLiteFormatError(f"{path} has no subgraphs")
     return TFLiteModel(path=path, version=root.scalar(0, "<I", 0), description=root.string(3) or "",
-                       subgraphs=subgraphs)
+                       subgraphs=subgraphs, metadata=metadata)
 
 
 def _parse_subgraph(buf: bytes, sg: _Table, opcodes: list[tuple[str, str | None, int]],
@@ -423,3 +427,11 @@ def read_tflite(path: str | os.PathLike[str]) -> TFLiteModel:
     if not path.is_file():
         raise FileNotFoundError(f"TF Lite file not found: {path}")
     return parse_tflite(path.read_bytes(), str(path))
+
+
+def read_labelmap(path: str | os.PathLike[str], num_classes: int) -> list[str]:
+    """TF Lite's labelmap.txt: line 0 is the background ('???'), line k+1 names class k."""
+    lines = Path(path).read_text().splitlines()
+    if len(lines) < num_classes + 1:
+        raise ValueError(f"{path}: {len(lines)} lines, expected {num_classes + 1} (background + classes)")
+    return lines[1:num_classes + 1]

@@ -31,7 +31,7 @@ from ..detection.ssd import SSD, SSDConfig
 from ..model import STEM_CHANNELS
 from ..weights import Quantization, Source, WeightGrid, WeightsInfo
 from .fidelity import SCORES, SSD_OUTPUTS
-from .format import TFLiteModel, TFLiteOperator, read_tflite
+from .format import TFLiteModel, TFLiteOperator, read_labelmap, read_tflite
 from .grid import ActivationGrid, conv_output_grid, tensor_grid, weight_grid
 
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"
@@ -111,14 +111,6 @@ def activation_grids(model: TFLiteModel, named: list[tuple[TFLiteOperator, str]]
     else:  # scores computed elsewhere: the op reads the logits' grid only
         grids[SSD_OUTPUTS[1]] = tensor_grid(model.tensors[post.inputs[1]])
     return {k: g for k, g in grids.items() if g is not None}
-
-
-def read_labelmap(path: str | os.PathLike[str], num_classes: int) -> list[str]:
-    """TF Lite's labelmap.txt: line 0 is the background ('???'), line k+1 names class k."""
-    lines = Path(path).read_text().splitlines()
-    if len(lines) < num_classes + 1:
-        raise ValueError(f"{path}: {len(lines)} lines, expected {num_classes + 1} (background + classes)")
-    return lines[1:num_classes + 1]
 
 
 def import_detect_tflite(path: str | os.PathLike[str], labelmap: str | os.PathLike[str] | None = None) -> SSD:
