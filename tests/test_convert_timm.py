@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from benchmarks.timm_peer import timm_available
 from mobilenet.convert import detect_format, import_model
 from mobilenet.model import MobileNetV1
 from tests.convert_writers import hf_state, randomize_bn, timm_state
@@ -62,10 +62,11 @@ def test_real_timm_model_equals_import(tmp_path, name, resolution):
     """timm's own model code (random weights, BN statistics randomized) against our import of its state dict.
 
     timm runs in a child process (tests/timm_reference.py) because, without torchvision, it needs stand-in
-    modules for the data transforms it imports; skips when timm is not installed (`make test` installs it).
+    modules for the data transforms it imports; skips when timm is not found (`make test` puts its model code in
+    <venv>/timm-reference, see benchmarks/timm_peer.py).
     """
-    if importlib.util.find_spec("timm") is None:
-        pytest.skip("timm is not installed (pip install --no-deps timm)")
+    if not timm_available():
+        pytest.skip("timm not found (`make test` installs its model code in <venv>/timm-reference)")
     script = Path(__file__).with_name("timm_reference.py")
     subprocess.run([sys.executable, str(script), str(tmp_path), "--model", name, "--resolution", str(resolution)],
                    check=True, capture_output=True, text=True)
