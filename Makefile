@@ -22,7 +22,7 @@ $(BIN)/python:
 
 # What `mobilenet demo` needs: torch, numpy, Pillow, safetensors, tqdm, and matplotlib for its curves.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	@echo "==> [1/2] installing $(TORCH) (the CPU wheel, about 200 MB)"
+	@echo "==> [1/2] installing $(TORCH) (the CPU wheel: a 190 MB download, 750 MB installed)"
 	$(PIP) install --progress-bar on "$(TORCH)" || $(PIP) install --progress-bar on "torch>=2.4"
 	@echo "==> [2/2] installing mobilenet (editable) with numpy, pillow, safetensors, tqdm and matplotlib (extra: plot)"
 	$(PIP) install --progress-bar on -e ".[plot]"

@@ -9,6 +9,10 @@ Sources:
   the table of the ``mobilenet_v1_2018_02_22`` checkpoints (float models; the ``_quant`` rows have the
   same MACs and parameters and lower accuracy, and are not repeated here).
 
+``RELEASES`` lists, for each variant of the grid, the published files of ImageNet weights (Keras Applications,
+TF-slim's float checkpoints, TF Lite's uint8 files, and on the Hugging Face Hub Google's and timm's): where to
+download each and what it is; :mod:`mobilenet.cache` and :mod:`mobilenet.hub` use it for ``pretrained=True``.
+
 Which counting convention reproduces each number is worked out in :mod:`mobilenet.profile`
 (``CONVENTIONS``) and pinned by ``tests/test_profile.py``. Where a printed number cannot be
 reproduced under any convention, the row says so in ``note``; we keep the printed value here and
@@ -179,4 +183,74 @@ SLIM_V1: dict[str, PublishedRow] = {
                                          "(the other 0.25 rows scale with resolution squared as ours do)"),
     "mobilenet_v1_025_160": PublishedRow(21, 0.47, 45.5, 70.3),
     "mobilenet_v1_025_128": PublishedRow(14, 0.47, 41.5, 66.3),
+}
+
+
+# ------------------------------------------------------------------------------------ published weights files
+
+KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/"
+TF_MODELS = "https://storage.googleapis.com/download.tensorflow.org/models/"
+HF_HUB = "https://huggingface.co/"
+
+# Width multipliers as each publisher spells them in file names.
+_KERAS_ALPHA = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}  # keras.applications.mobilenet's alpha_text
+_TF_ALPHA = {1.0: "1.0", 0.75: "0.75", 0.5: "0.5", 0.25: "0.25"}
+
+
+@dataclass(frozen=True)
+class Release:
+    """One published file of ImageNet weights for a variant of the grid.
+
+    ``source`` is the name the weights keep in the pretrained cache (:mod:`mobilenet.hub`), i.e. what
+    ``mobilenet convert`` makes of the file: ``keras`` (Keras Applications ``.h5``, 1000 classes), ``slim``
+    (TF-slim's float checkpoint, 1001 classes, in a ``.tgz`` with the float ``.tflite``), ``tflite_quant``
+    (the quantization-aware trained uint8 ``.tflite``, 1001 classes, in a ``.tgz``), ``huggingface`` (Google's
+    checkpoint as a transformers ``MobileNetV1ForImageClassification``) or ``timm`` (timm's own training).
+    ``url`` downloads it by hand; ``hub`` is ``(repo id, file)`` on the Hugging Face Hub where it is there.
+    """
+
+    source: str
+    url: str
+    hub: tuple[str, str] | None = None
+    note: str = ""
+
+    @property
+    def file_name(self) -> str:
+        """The name of the downloaded file (the last part of the URL)."""
+        return self.url.rsplit("/", 1)[-1]
+
+
+# Google's checkpoints converted by Hugging Face (transformers' MobileNetV1, 1001 classes) and timm's own
+# training, the only MobileNet v1 weights of the grid on the Hugging Face Hub.
+_HUB: dict[str, tuple[Release, ...]] = {
+    "mobilenet_v1_100_224": (
+        Release("huggingface", HF_HUB + "google/mobilenet_v1_1.0_224/resolve/main/pytorch_model.bin",
+                ("google/mobilenet_v1_1.0_224", "pytorch_model.bin"), "Google's TF-slim checkpoint, 1001 classes"),
+        Release("timm", HF_HUB + "timm/mobilenetv1_100.ra4_e3600_r224_in1k/resolve/main/model.safetensors",
+                ("timm/mobilenetv1_100.ra4_e3600_r224_in1k", "model.safetensors"),
+                "timm's own training (ReLU6, symmetric padding: the timm preset), 1000 classes"),
+    ),
+    "mobilenet_v1_075_192": (
+        Release("huggingface", HF_HUB + "google/mobilenet_v1_0.75_192/resolve/main/pytorch_model.bin",
+                ("google/mobilenet_v1_0.75_192", "pytorch_model.bin"), "Google's TF-slim checkpoint, 1001 classes"),
+    ),
+}
+
+
+def _releases(width_mult: float, resolution: int) -> tuple[Release, ...]:
+    keras, tf = _KERAS_ALPHA[width_mult], _TF_ALPHA[width_mult]
+    return (
+        Release("keras", f"{KERAS_WEIGHTS}mobilenet_{keras}_{resolution}_tf.h5",
+                note="Keras Applications, 1000 classes"),
+        Release("slim", f"{TF_MODELS}mobilenet_v1_2018_02_22/mobilenet_v1_{tf}_{resolution}.tgz",
+                note="TF-slim float checkpoint (.tgz), 1001 classes"),
+        Release("tflite_quant", f"{TF_MODELS}mobilenet_v1_2018_08_02/mobilenet_v1_{tf}_{resolution}_quant.tgz",
+                note="TF Lite uint8, quantization-aware trained (.tgz), 1001 classes"),
+    )
+
+
+# Keyed by our variant names (mobilenet.zoo.variant_name): every file published for that variant.
+RELEASES: dict[str, tuple[Release, ...]] = {
+    f"mobilenet_v1_{round(100 * a):03d}_{r}": _releases(a, r) + _HUB.get(f"mobilenet_v1_{round(100 * a):03d}_{r}", ())
+    for a in _KERAS_ALPHA for r in (224, 192, 160, 128)
 }

@@ -6,7 +6,9 @@ Names follow ``mobilenet_v1_{round(100 * width_mult):03d}_{resolution}``, e.g. `
 from __future__ import annotations
 
 import difflib
+import os
 import re
+from dataclasses import replace
 from typing import Any
 
 from .model import MobileNetConfig, MobileNetV1
@@ -44,19 +46,53 @@ def variant_config(name: str, **overrides: Any) -> MobileNetConfig:
     return MobileNetConfig(**{**VARIANTS[name], **overrides})
 
 
-def create_model(name: str, *, weights: str | None = None, **overrides: Any) -> MobileNetV1:
+# Settings that change no tensor shape: applied to loaded weights (the network runs at any resolution).
+APPLICABLE = ("resolution", "stem_stride", "dropout")
+
+
+def create_model(name: str, *, pretrained: bool | str = False, weights: str | os.PathLike[str] | None = None,
+                 **overrides: Any) -> MobileNetV1:
     """Build a named variant, e.g. ``create_model("mobilenet_v1_050_160", num_classes=10)``.
 
-    ``weights``: a weights file written by ``mobilenet.save`` or ``mobilenet convert``. Its config
-    supplies whatever the name and ``overrides`` leave open (preset, class count, ...), so
-    ``create_model("mobilenet_v1_025_128", weights="slim.safetensors")`` needs no more; a file of
-    another width fails naming the first mismatched tensor.
-    """
-    if weights is None:
-        return MobileNetV1.from_config(variant_config(name, **overrides))
-    from .checkpoint import load_weights_into, read_metadata
+    ``pretrained=True``: the published ImageNet weights of the variant, from the local cache
+    (:mod:`mobilenet.cache`, filled by ``mobilenet pretrained``); a string picks one source (``"keras"``,
+    ``"slim"``, ``"tflite_quant"``, ``"huggingface"``, ``"timm"``). Missing, a one-line
+    :class:`~mobilenet.cache.PretrainedNotFound` says what to download and the command that puts it in place.
 
-    stored = read_metadata(weights).get("config") or {}
-    stored = {k: v for k, v in stored.items() if k not in VARIANTS.get(name, {})}
-    model = MobileNetV1.from_config(variant_config(name, **{**stored, **overrides}))
-    return load_weights_into(model, weights)
+    ``weights``: a weights file written by ``mobilenet.save`` or ``mobilenet convert``. Either way the file
+    decides the architecture (preset, width, padding): ``overrides`` that would change it are refused, while
+    ``resolution``, ``stem_stride`` and ``dropout`` are applied, and a ``num_classes`` other than the file's
+    keeps the body and puts a new classifier on it (fine-tuning), as timm's ``pretrained=True`` does.
+    The weights' record (class names, preprocessing, source) comes along as ``model.weights_info``.
+    """
+    config = variant_config(name, **overrides)  # validates the name and the overrides first
+    if pretrained:
+        if weights is not None:
+            raise ValueError("give pretrained= or weights=, not both")
+        from .cache import pretrained_path
+
+        weights = pretrained_path(name, None if pretrained is True else str(pretrained))
+    if weights is None:
+        return MobileNetV1.from_config(config)
+    from .checkpoint import WeightsFileError, load_weights_into, read_metadata
+
+    meta = read_metadata(weights)
+    if meta.get("architecture") != "mobilenet_v1":
+        raise WeightsFileError(f"{weights} holds a {meta.get('architecture')!r}, not a mobilenet_v1 classifier")
+    saved = MobileNetConfig.from_dict(meta.get("config") or {})
+    wanted = {**VARIANTS[name], **overrides}
+    num_classes = wanted.pop("num_classes", saved.num_classes)
+    for key, value in wanted.items():
+        if key not in APPLICABLE and value != getattr(saved, key):
+            raise WeightsFileError(f"{weights} holds a {key}={getattr(saved, key)!r} model: {name} with "
+                                   f"{key}={value!r} cannot load it (leave {key} out, or pick the variant of the file)")
+    model = MobileNetV1.from_config(replace(saved, **{k: v for k, v in wanted.items() if k in APPLICABLE}))
+    load_weights_into(model, weights)
+    info = model.weights_info
+    if info.preprocessing is not None and info.preprocessing.resolution != model.config.resolution:
+        info = info.replace(preprocessing=replace(info.preprocessing, resolution=model.config.resolution))
+    if num_classes != saved.num_classes:  # fine-tuning: the body's weights, a new classifier
+        model.reset_classifier(num_classes)
+        info = info.replace(classes=None, class_labels=None)
+    model.weights_info = info
+    return model

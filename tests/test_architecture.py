@@ -21,14 +21,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "mobilenet.machine",
         "mobilenet.tflite", "mobilenet.tflite.flexbuffers", "mobilenet.tflite.format", "mobilenet.tflite.grid")),
     ("core: weights files, variants, cost, training state", (
-        "mobilenet.checkpoint", "mobilenet.zoo", "mobilenet.profile", "mobilenet.train_state", "mobilenet.plots")),
+        "mobilenet.checkpoint", "mobilenet.zoo", "mobilenet.profile", "mobilenet.train_state", "mobilenet.plots",
+        "mobilenet.cache")),
     ("data, evaluation, prediction", ("mobilenet.data", "mobilenet.evaluate", "mobilenet.predict")),
     ("deployment: folding, int8, export, runtimes, TF Lite fidelity", (
         "mobilenet.deploy", "mobilenet.export", "mobilenet.runtimes", "mobilenet.kernels",
         "mobilenet.tflite.fidelity")),
     ("detection: the SSD and its parts", ("mobilenet.detection",)),
     ("importers: foreign weights into our models", (
-        "mobilenet.convert", "mobilenet.tflite.classifier", "mobilenet.tflite.ssd", "mobilenet.tflite.parity")),
+        "mobilenet.convert", "mobilenet.tflite.classifier", "mobilenet.tflite.ssd", "mobilenet.tflite.parity",
+        "mobilenet.hub")),
     ("training: the engine and its tasks", ("mobilenet.recipe", "mobilenet.engine")),
     ("applications", ("mobilenet.video", "mobilenet.serve", "mobilenet.embed")),
     ("the public API", ("mobilenet",)),

@@ -140,12 +140,12 @@ def read_cifar10_batches(path: str | os.PathLike[str], split: str = "train") -> 
 
 
 def cifar10_cache_path() -> Path:
-    """Where the official CIFAR-10 file is cached: ``$MOBILENET_CACHE/cifar-10-python.tar.gz``
-    (default ``~/.cache/mobilenet``, or ``$XDG_CACHE_HOME/mobilenet``)."""
-    cache = os.environ.get("MOBILENET_CACHE")
-    if cache is None:
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mobilenet"
-    return Path(cache) / CIFAR10_FILENAME
+    """Where the official CIFAR-10 file is cached: ``<cache>/cifar-10-python.tar.gz`` in the package's cache
+    (:func:`mobilenet.cache.cache_dir`: ``$MOBILENET_CACHE``, else ``$XDG_CACHE_HOME/mobilenet`` or
+    ``~/.cache/mobilenet``)."""
+    from ..cache import cache_dir
+
+    return cache_dir() / CIFAR10_FILENAME
 
 
 def md5sum(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
