@@ -18,10 +18,13 @@ import torch
 from torch import nn
 
 from .data.decode import IMAGE_EXTENSIONS, ImageDecodeError, has_image_extension, read_image
+from .inference import check_finite, class_names, decode_predictions, model_preprocessing, readable_names
 from .preprocessing import Preprocessing
-from .weights import weights_info
 
 IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))
+# Their home is mobilenet.inference; these names stay importable from here (serve, eval, the demo use them).
+_label_names, _readable_names = class_names, readable_names
+__all__ = ["check_finite", "expand_inputs", "model_preprocessing", "output_names", "predict", "require_classifier"]
 
 
 def expand_inputs(specs: Iterable[str]) -> list[Path]:
@@ -82,31 +85,6 @@ def output_names(paths: Sequence[str | Path]) -> list[str]:
     return unique
 
 
-def _label_names(model: nn.Module, num_outputs: int) -> list[str]:
-    names = weights_info(model).classes
-    if names and len(names) == num_outputs:
-        return list(names)
-    return [str(i) for i in range(num_outputs)]
-
-
-def _readable_names(model: nn.Module, num_outputs: int) -> list[str] | None:
-    """Human-readable class names (``weights_info.class_labels``, set by the importers: "tench, Tinca tinca"
-    beside the id ``n01440764``), or None when the weights carry none for every output."""
-    labels = weights_info(model).class_labels
-    if isinstance(labels, list) and len(labels) == num_outputs:
-        return [str(x) for x in labels]
-    return None
-
-
-def model_preprocessing(model: nn.Module) -> Preprocessing:
-    """The preprocessing stored with the model's weights, else ImageNet's at the model's resolution."""
-    pre = weights_info(model).preprocessing
-    if pre is not None:
-        return pre
-    config = getattr(model, "config", None)
-    return Preprocessing.imagenet(getattr(config, "resolution", 224))
-
-
 def require_classifier(model: nn.Module, source: str = "the model") -> None:
     """Refuse, with one clear line, a model that does not output class scores: a detector, or a backbone
     without a classifier (its outputs are features, which must not be printed or scored as classes)."""
@@ -116,13 +94,6 @@ def require_classifier(model: nn.Module, source: str = "the model") -> None:
     if getattr(model, "num_classes", None) == 0:
         raise ValueError(f"{source}: this model has no classifier (a backbone whose outputs are features): "
                          "use embed")
-
-
-def check_finite(logits: torch.Tensor, source: str = "the model") -> None:
-    """Refuse non-finite outputs: NaN/inf logits mean broken weights (e.g. a diverged run), never a result."""
-    if not bool(torch.isfinite(logits).all()):
-        raise ValueError(f"{source} produced non-finite outputs (NaN or inf): its weights are broken, e.g. by a "
-                         "training run that diverged")
 
 
 @torch.no_grad()
@@ -159,19 +130,7 @@ def predict(
         if not pending:
             return
         x = torch.stack([t for _, t in pending]).to(device)
-        logits = model(x).float()
-        check_finite(logits)
-        probs = logits.softmax(dim=1)
-        names = _label_names(model, probs.shape[1])
-        readable = _readable_names(model, probs.shape[1])
-        k = min(topk, probs.shape[1])
-        p, idx = probs.topk(k, dim=1)
-        for row, (slot, _) in enumerate(pending):
-            top = [{"label": names[int(i)], "index": int(i), "prob": float(q)}
-                   for q, i in zip(p[row], idx[row], strict=True)]
-            if readable is not None:
-                for t in top:
-                    t["name"] = readable[t["index"]]
+        for (slot, _), top in zip(pending, decode_predictions(model(x), model, top=topk), strict=True):
             results[slot]["top"] = top
         pending.clear()
 

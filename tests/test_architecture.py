@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core: weights files, variants, cost, training state", (
         "mobilenet.checkpoint", "mobilenet.zoo", "mobilenet.profile", "mobilenet.train_state", "mobilenet.plots",
         "mobilenet.cache")),
-    ("data, evaluation, prediction", ("mobilenet.data", "mobilenet.evaluate", "mobilenet.predict")),
+    ("data, evaluation, prediction", ("mobilenet.data", "mobilenet.evaluate", "mobilenet.predict",
+                                      "mobilenet.inference")),
     ("deployment: folding, int8, export, runtimes, TF Lite fidelity", (
         "mobilenet.deploy", "mobilenet.export", "mobilenet.runtimes", "mobilenet.kernels",
         "mobilenet.tflite.fidelity")),
