@@ -63,7 +63,8 @@ def create_model(name: str, *, pretrained: bool | str = False, weights: str | os
     decides the architecture (preset, width, padding): ``overrides`` that would change it are refused, while
     ``resolution``, ``stem_stride`` and ``dropout`` are applied, and a ``num_classes`` other than the file's
     keeps the body and puts a new classifier on it (fine-tuning), as timm's ``pretrained=True`` does.
-    The weights' record (class names, preprocessing, source) comes along as ``model.weights_info``.
+    The weights' record (class names, preprocessing, source) comes along as ``model.weights_info``, and the
+    model comes back in eval mode, as from ``mobilenet.load`` (a new model without weights is in training mode).
     """
     config = variant_config(name, **overrides)  # validates the name and the overrides first
     if pretrained:
@@ -95,4 +96,4 @@ def create_model(name: str, *, pretrained: bool | str = False, weights: str | os
         model.reset_classifier(num_classes)
         info = info.replace(classes=None, class_labels=None)
     model.weights_info = info
-    return model
+    return model.eval()

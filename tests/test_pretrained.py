@@ -100,7 +100,8 @@ def test_pretrained_from_the_cache_equals_the_published_file(cache: Path, capsys
     assert [(c.name, c.source) for c in cached()] == [("mobilenet_v1_025_128", "tflite_quant")]
     assert resolve_weights("mobilenet_v1_025_128") == target == resolve_weights("mobilenet_v1_025_128.tflite_quant")
 
-    model = mobilenet.create_model("mobilenet_v1_025_128", pretrained=True).eval()
+    model = mobilenet.create_model("mobilenet_v1_025_128", pretrained=True)
+    assert not model.training  # with weights it comes back in eval mode, as from mobilenet.load
     reference = import_model(tflite)
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
