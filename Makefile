@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine (only Python needed):
 #   make demo   create .venv, install mobilenet with what the demo needs (torch + plotting), run the main job
-#   make test   create .venv, install the test extras too, run the test suite
+#   make test   create .venv, install the test extras too, run the test suite (make test-fast: without the slow tests)
 # Each install step says what it installs, and pip shows its progress (downloads, then the list installed).
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,7 +13,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 # `import timm` cannot load. benchmarks/timm_peer.py finds this copy and runs it with stand-ins for torchvision.
 TIMM_REFERENCE := $(VENV)/timm-reference
 
-.PHONY: install install-test demo test lint clean gpu-suite
+.PHONY: install install-test demo test test-fast lint clean gpu-suite
 
 $(BIN)/python:
 	@echo "==> creating the virtual environment $(VENV)"
@@ -54,6 +54,10 @@ demo: install
 
 test: install-test
 	$(BIN)/python -m pytest -q
+
+# The edit loop's tier: every test but those marked slow (`make test`, and CI, run them all).
+test-fast: install-test
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Every GPU measurement in one call (benchmarks/gpu_suite.py); on a machine without a GPU add ARGS=--dry-run.
 gpu-suite:

@@ -171,6 +171,12 @@ def conv_bn_act(
     return nn.Sequential(layers)
 
 
+def is_depthwise(module: nn.Module) -> bool:
+    """True for a depthwise conv (one filter per input channel), or a fused module (conv-BN-act) starting with one."""
+    conv = module[0] if isinstance(module, nn.Sequential) and len(module) else module
+    return isinstance(conv, nn.Conv2d) and conv.groups > 1 and conv.groups == conv.in_channels
+
+
 class DepthwiseSeparable(nn.Sequential):
     """3x3 depthwise conv-BN-act (``dw``) then 1x1 pointwise conv-BN-act (``pw``): Fig. 3, right."""
 

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .model import is_depthwise
+
 OPTIMIZERS = ("rmsprop_tf", "sgd", "adamw", "nadam", "yellowfin")
 SCHEDULES = ("exponential", "cosine", "step", "constant")
 
@@ -207,10 +209,6 @@ class YellowFin(torch.optim.Optimizer):
         return loss
 
 
-def _is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
-
-
 def param_groups(
     model: nn.Module,
     *,
@@ -232,7 +230,7 @@ def param_groups(
             seen.add(id(p))
             if isinstance(module, nn.modules.batchnorm._NormBase) or pname == "bias" or p.ndim <= 1:
                 buckets["no_decay"].append(p)
-            elif _is_depthwise(module):
+            elif is_depthwise(module):
                 buckets["depthwise"].append(p)
             else:
                 buckets["decay"].append(p)

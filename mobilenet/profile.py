@@ -25,12 +25,9 @@ Counting rules (what "MACs" and "params" mean here):
 from __future__ import annotations
 
 import copy
-import csv
-import io
-import json
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -39,6 +36,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .model import MobileNetConfig, MobileNetV1
+from .table import Table
 
 LAYER_TYPES = ("full conv", "depthwise conv", "grouped conv", "1x1 conv", "FC", "BN", "pool", "other")
 # The types that carry MACs and weights: the rows of the paper's Table 2.
@@ -512,73 +510,6 @@ def _paper_size(shape: Sequence[int]) -> str:
         return f"1x1x{shape[0]}"
     c, *hw = shape
     return "x".join(str(s) for s in (*hw, c))
-
-
-# ---------------------------------------------------------------------------------------------
-# Rendering: table / markdown / csv / json
-# ---------------------------------------------------------------------------------------------
-
-FORMATS = ("table", "markdown", "csv", "json")
-
-
-@dataclass
-class Table:
-    """Rows of cells under named columns, rendered as text, markdown, CSV (raw values) or JSON."""
-
-    columns: list[str]
-    rows: list[list[Any]]
-    caption: str = ""
-    notes: list[str] = field(default_factory=list)
-    digits: dict[str, int] = field(default_factory=dict)  # decimals of float columns (default 2)
-
-    def render(self, fmt: str) -> str:
-        if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-        if fmt == "json":
-            return json.dumps({"caption": self.caption, "columns": self.columns,
-                               "rows": [dict(zip(self.columns, r, strict=True)) for r in self.rows],
-                               "notes": self.notes}, indent=2)
-        if fmt == "csv":
-            buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
-            writer.writerow(self.columns)
-            writer.writerows(self.rows)
-            return buf.getvalue().rstrip("\n")
-        cells = [[_cell(v, self.digits.get(c, 2)) for c, v in zip(self.columns, r, strict=True)] for r in self.rows]
-        right = [all(_numeric(r[i]) for r in self.rows) for i in range(len(self.columns))]
-        if fmt == "markdown":
-            out = [f"*{self.caption}*", ""] if self.caption else []
-            out.append("| " + " | ".join(self.columns) + " |")
-            out.append("|" + "|".join("---:" if r else ":---" for r in right) + "|")
-            out += ["| " + " | ".join(c) + " |" for c in cells]
-            out += [""] + [f"- {n}" for n in self.notes] if self.notes else []
-            return "\n".join(out)
-        widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(self.columns)]
-
-        def fmt_row(c: list[str]) -> str:
-            return "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(c, widths, right, strict=True))
-
-        out = [self.caption] if self.caption else []
-        out += [fmt_row(self.columns).rstrip(), "  ".join("-" * w for w in widths)]
-        out += [fmt_row(c).rstrip() for c in cells]
-        out += [f"  * {n}" for n in self.notes]
-        return "\n".join(out)
-
-
-def _numeric(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) or v is None
-
-
-def _cell(v: Any, digits: int = 2) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:,.{digits}f}"
-    return str(v)
 
 
 def _m(n: int, digits: int = 2) -> float:

@@ -18,6 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation: model, preprocessing, settings, pure file formats", (
         "mobilenet.model", "mobilenet.preprocessing", "mobilenet.config", "mobilenet.optim", "mobilenet.distributed",
         "mobilenet.published", "mobilenet.imagenet_classes", "mobilenet.weights", "mobilenet.strict_json",
+        "mobilenet.table",
         "mobilenet.machine",
         "mobilenet.tflite", "mobilenet.tflite.flexbuffers", "mobilenet.tflite.format", "mobilenet.tflite.grid")),
     ("core: weights files, variants, cost, training state", (
@@ -129,3 +130,14 @@ def test_the_checker_sees_lazy_imports_and_circles(tmp_path, monkeypatch):
         assert "mobilenet.model -> mobilenet.optim -> mobilenet.model" in str(e)
     else:
         raise AssertionError("the circle was not found")
+
+
+def test_the_command_line_parses_without_loading_torch():
+    # `mobilenet --version` / `--help` build every command's flags: none of that may import torch (seconds)
+    import subprocess
+    import sys
+
+    code = ("import sys; from mobilenet.cli import build_parser; build_parser(); import mobilenet; "
+            "print(mobilenet.__version__, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=True)
+    assert out.stdout.split()[1] == "False", out.stdout

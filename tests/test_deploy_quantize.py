@@ -12,7 +12,8 @@ from torch import nn
 
 import mobilenet
 from mobilenet.cli import main
-from mobilenet.deploy.quantize import load_quantized, model_metadata, quantize_ptq, quantize_qat, save_quantized
+from mobilenet.deploy.quantize import load_quantized, quantize_ptq, quantize_qat, save_quantized
+from mobilenet.export.metadata import artifact_metadata
 from mobilenet.preprocessing import Preprocessing
 
 PRE = Preprocessing(resolution=32, crop_fraction=1.0, mean=(128.0,) * 3, std=(64.0,) * 3)
@@ -113,7 +114,7 @@ def test_tf_preset_quantizes_with_frozen_padding(tmp_path):
     # ReLU6 became a fused ReLU whose output range is capped at 6 (uint8 saturation = the clamp)
     fused = [m for m in q.modules() if type(m).__name__ == "ConvReLU2d"]
     assert len(fused) == 27 and all(m.scale * (255 - m.zero_point) <= 6.0 + 1e-6 for m in fused)
-    path = save_quantized(q, tmp_path / "q.pt", x[:1], metadata=model_metadata(model))
+    path = save_quantized(q, tmp_path / "q.pt", x[:1], metadata=artifact_metadata(model))
     loaded, meta = load_quantized(path)
     assert torch.equal(loaded(x), q(x))
     assert meta["config"]["preset"] == "tf" and meta["quantization"]["input_size"] == [64, 64]

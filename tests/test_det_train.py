@@ -95,27 +95,23 @@ def test_detect_train_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     common = dict(data=str(root), classes=list(SHAPE_CLASSES), width_mult=0.25, image_size=64, epochs=2,
                   batch_size=4, optimizer="rmsprop_tf", lr=1e-3, ema_decay=0.9, deterministic=True,
                   save_every_steps=3, eval_every=0, seed=7, **QUIET)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        # 16 images / batch 4 = 4 steps per epoch, 8 in all; states at steps 3, 4, 6, 7, 8
-        ref = fit_detector(DetectConfig(**common, out=str(tmp_path / "ref")))
-        (tmp_path / "helper.py").write_text(HELPER)
-        run = tmp_path / "killed"
-        proc = subprocess.Popen([sys.executable, str(tmp_path / "helper.py"), json.dumps({**common, "out": str(run)})],
-                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        t0 = time.monotonic()
-        while not (run / "states" / "step-00000003" / "state.json").exists():
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            assert time.monotonic() - t0 < 180, "timed out waiting for the first state"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        assert latest_state(run).name in ("step-00000003", "step-00000004")  # killed mid-run
-        resumed = fit_detector(DetectConfig(**common, out=str(run), resume="auto"))
-    finally:
-        torch.set_num_threads(n)
+    # one thread here (conftest) and in the child: the same arithmetic
+    # 16 images / batch 4 = 4 steps per epoch, 8 in all; states at steps 3, 4, 6, 7, 8
+    ref = fit_detector(DetectConfig(**common, out=str(tmp_path / "ref")))
+    (tmp_path / "helper.py").write_text(HELPER)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "helper.py"), json.dumps({**common, "out": str(run)})],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (run / "states" / "step-00000003" / "state.json").exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() - t0 < 180, "timed out waiting for the first state"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert latest_state(run).name in ("step-00000003", "step-00000004")  # killed mid-run
+    resumed = fit_detector(DetectConfig(**common, out=str(run), resume="auto"))
     assert resumed["global_step"] == ref["global_step"] == 8
     want, _ = read(ref["last"])
     got, _ = read(resumed["last"])

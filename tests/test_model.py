@@ -15,6 +15,13 @@ def _convs(model: nn.Module) -> list[nn.Conv2d]:
     return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
+def _meta(**kwargs: object) -> MobileNetV1:
+    """A model on the meta device: its structure without allocating or initialising weights (where only
+    layers, shapes and keys matter; a forward pass stays on the CPU, where it is faster than on meta here)."""
+    with torch.device("meta"):
+        return MobileNetV1(**kwargs)
+
+
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("preset", ["paper", "tf"])
 def test_grid_shapes(name: str, preset: str) -> None:
@@ -41,7 +48,7 @@ def test_odd_sizes_and_non_square(size: int, preset: str) -> None:
 
 
 def test_table1_structure() -> None:
-    model = MobileNetV1()
+    model = _meta()
     convs = _convs(model)
     assert len(convs) == 1 + 2 * 13 + 0  # stem + (dw, pw) x 13; paper preset classifier is Linear
     stem = model.stem.conv
@@ -58,7 +65,7 @@ def test_table1_structure() -> None:
 
 
 def test_presets() -> None:
-    paper, tf = MobileNetV1(preset="paper"), MobileNetV1(preset="tf", num_classes=1001)
+    paper, tf = _meta(preset="paper"), _meta(preset="tf", num_classes=1001)
     assert all(isinstance(m.stem.act, nn.ReLU) and not isinstance(m.stem.act, nn.ReLU6) for m in [paper])
     assert isinstance(tf.stem.act, nn.ReLU6)
     assert {m.eps for m in paper.modules() if isinstance(m, nn.BatchNorm2d)} == {1e-5}
@@ -76,10 +83,10 @@ def test_presets() -> None:
 
 
 def test_timm_preset() -> None:
-    timm = MobileNetV1(preset="timm")
+    timm = _meta(preset="timm")
     assert isinstance(timm.stem.act, nn.ReLU6) and isinstance(timm.classifier, nn.Linear)
     assert timm.stem.conv.padding == (1, 1) and timm.stem.bn.eps == 1e-5
-    assert list(timm.state_dict()) == list(MobileNetV1().state_dict())
+    assert list(timm.state_dict()) == list(_meta().state_dict())
 
 
 def test_same_padding_matches_keras_and_tf() -> None:
@@ -95,13 +102,14 @@ def test_same_padding_matches_keras_and_tf() -> None:
 
 
 def test_baselines() -> None:
-    full = MobileNetV1(conv_type="full")
+    full = _meta(conv_type="full")
     assert not any(c.groups > 1 for c in _convs(full))
     assert len(full.blocks) == 13 and all(b.conv.kernel_size == (3, 3) for b in full.blocks)
-    shallow = MobileNetV1(shallow=True)
+    shallow = _meta(shallow=True)
     assert len(shallow.blocks) == 8
     assert [b.pw.conv.out_channels for b in shallow.blocks] == [64, 128, 128, 256, 256, 512, 1024, 1024]
-    with torch.inference_mode():
+    with torch.inference_mode():  # the forward pass at a quarter width: the same layers run
+        shallow, full = MobileNetV1(shallow=True, width_mult=0.25), MobileNetV1(conv_type="full", width_mult=0.25)
         assert shallow.eval()(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
         assert full.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
 
@@ -111,7 +119,7 @@ def test_baselines() -> None:
 def test_channel_rounding(alpha: float, expected: int) -> None:
     # TF-slim: max(int(c * alpha), 8); Keras: int(c * alpha)
     assert MobileNetConfig(width_mult=alpha).channels(32) == expected
-    assert MobileNetV1(width_mult=alpha).stem.conv.out_channels == expected
+    assert _meta(width_mult=alpha).stem.conv.out_channels == expected
 
 
 def test_small_image_stem() -> None:
@@ -161,7 +169,7 @@ def test_trains_one_step() -> None:
 
 
 def test_state_dict_keys_are_a_contract() -> None:
-    keys = list(MobileNetV1().state_dict())
+    keys = list(_meta().state_dict())
     bn = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
     expected = ["stem.conv.weight"] + [f"stem.bn.{k}" for k in bn]
     for i in range(13):
@@ -172,8 +180,8 @@ def test_state_dict_keys_are_a_contract() -> None:
     assert keys[:8] == ["stem.conv.weight", "stem.bn.weight", "stem.bn.bias", "stem.bn.running_mean",
                         "stem.bn.running_var", "stem.bn.num_batches_tracked", "blocks.0.dw.conv.weight",
                         "blocks.0.dw.bn.weight"]
-    assert list(MobileNetV1(preset="tf").state_dict()) == expected
-    full = list(MobileNetV1(conv_type="full").state_dict())
+    assert list(_meta(preset="tf").state_dict()) == expected
+    full = list(_meta(conv_type="full").state_dict())
     assert full[6:12] == ["blocks.0.conv.weight"] + [f"blocks.0.bn.{k}" for k in bn]
 
 

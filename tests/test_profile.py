@@ -15,6 +15,7 @@ from mobilenet import profile as prof
 from mobilenet.cli import main
 from mobilenet.model import MobileNetConfig, MobileNetV1
 from mobilenet.published import PAPER_MODELS, SLIM_V1, TABLE1, TABLE2, PublishedRow, table1_expanded
+from mobilenet.table import FORMATS
 from mobilenet.zoo import list_models
 
 
@@ -256,7 +257,7 @@ def test_cli_json_has_the_documented_keys(capsys):
     assert d["published"][0]["source"] == "TF-slim" and d["published"][0]["published MACs (M)"] == 77
 
 
-@pytest.mark.parametrize("fmt", prof.FORMATS)
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_cli_per_layer_every_format(capsys, fmt):
     code, out, _ = run_cli(capsys, "profile", "--width-mult", "0.25", "--resolution", "128", "--per-layer",
                            "--format", fmt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -184,6 +185,58 @@ def test_fine_tune_replaces_classifier_and_freezes_backbone(tmp_path):
     assert tuned.classifier.weight.shape == (3, src.num_features)
 
 
+def test_weights_take_the_resolution_and_stem_given_and_refuse_another_width(tmp_path):
+    # issue 13: --weights used to drop --resolution/--stem-stride from the config while the preprocessing took them
+    src = MobileNetV1(width_mult=0.25, resolution=128, num_classes=3)
+    save(src, tmp_path / "src.safetensors", class_names=CLASSES)
+    cfg = tiny_cfg(tmp_path, weights=str(tmp_path / "src.safetensors"), resolution=32, stem_stride=1, epochs=1)
+    tuned = load(fit(cfg, train_set=tiny_data(), class_names=CLASSES)["last"])
+    assert (tuned.config.resolution, tuned.config.stem_stride) == (32, 1)
+    assert tuned.weights_info.preprocessing.resolution == 32  # one resolution: the config's
+    kept = load(fit(tiny_cfg(tmp_path, weights=str(tmp_path / "src.safetensors"), resolution=None, epochs=1,
+                             out=str(tmp_path / "kept")), train_set=tiny_data(), class_names=CLASSES)["last"])
+    assert kept.config.resolution == 128 and kept.weights_info.preprocessing.resolution == 128  # the file's
+    with pytest.raises(ValueError, match="holds a width_mult=0.25 model: width_mult=0.5 cannot change it"):
+        fit(tiny_cfg(tmp_path, weights=str(tmp_path / "src.safetensors"), width_mult=0.5, out=str(tmp_path / "w")),
+            train_set=tiny_data(), class_names=CLASSES)
+
+
+def test_a_tflite_import_fine_tunes_with_real_batchnorm(tmp_path):
+    # issue 13: the import's BN is identity + folded bias; trained as a real BN it normalised with batch statistics
+    # the weights never saw (digits: 98% -> 60% after one unfrozen epoch; 98.3 / 96.9 / 98.6% with this fix)
+    from mobilenet.convert import import_model
+    from mobilenet.engine.classify import restore_batchnorm
+    from tests.convert_writers import randomize_bn, write_tflite
+
+    torch.manual_seed(0)
+    src = randomize_bn(MobileNetV1(width_mult=0.25, resolution=32, num_classes=3, preset="tf")).eval()
+    imported = import_model(write_tflite(src, tmp_path / "m.tflite"))
+    x = tiny_data().tensors[0][:16]
+    with torch.no_grad():
+        want = imported.eval()(x)
+        # what training saw (on a copy: a training-mode pass moves the running statistics): far from the model
+        drift = (copy.deepcopy(imported).train()(x) - want).abs().max()
+    assert restore_batchnorm(imported, [x]) == 27
+    with torch.no_grad():
+        torch.testing.assert_close(imported.eval()(x), want, rtol=1e-4, atol=1e-4)  # the same function
+        # batch statistics now match the running ones
+        assert (copy.deepcopy(imported).train()(x) - want).abs().max() < drift / 100
+    assert restore_batchnorm(imported, [x]) == 0  # real statistics are left alone
+    save(import_model(tmp_path / "m.tflite"), tmp_path / "imported.safetensors")
+    start = next(train(tiny_cfg(tmp_path, weights=str(tmp_path / "imported.safetensors"), resolution=None, epochs=1),
+                       train_set=tiny_data(), class_names=CLASSES))
+    assert any("BatchNorm of 27 layers re-estimated" in note for note in start["notes"])
+
+
+def test_the_papers_baselines_train(tmp_path):
+    # Table 4's full-conv MobileNet and Table 5's shallow one: settings of TrainConfig (and flags of `train`)
+    end = fit(tiny_cfg(tmp_path, conv_type="full", shallow=True, epochs=1), train_set=tiny_data(), class_names=CLASSES)
+    model = load(end["last"])
+    assert model.config.conv_type == "full" and model.config.shallow and len(model.blocks) == 8
+    with pytest.raises(ValueError, match="in_chans must be 3: the training data are RGB images, got 1"):
+        TrainConfig(in_chans=1)
+
+
 def test_distillation_from_a_teacher(tmp_path):
     teacher = MobileNetV1(width_mult=0.25, resolution=32, num_classes=3)
     save(teacher, tmp_path / "t.safetensors", class_names=CLASSES)
@@ -235,3 +288,16 @@ def test_sync_bn_and_devices_fail_clearly_on_cpu():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_train_takes_the_idle_cores_by_default(monkeypatch):
+    # issue 13: on a busy 2-core machine torch's default (2 threads) trained at 5-13 img/s, 1 thread at 67-161
+    import mobilenet.machine as machine
+    from mobilenet.cli import main
+
+    monkeypatch.setattr(machine, "usable_cores", lambda: 2)
+    monkeypatch.setattr(machine, "busy_cores", lambda: 2)  # the other core is busy too: one thread
+    torch.set_num_threads(2)
+    assert main(["train", "--print-config"]) == 0
+    assert torch.get_num_threads() == 1
+    assert main(["train", "--print-config", "--threads", "2"]) == 0 and torch.get_num_threads() == 2

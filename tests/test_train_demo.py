@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from mobilenet.checkpoint import load
 
@@ -12,13 +11,8 @@ from mobilenet.checkpoint import load
 def test_demo_training_step_trains_evaluates_and_predicts(tmp_path, capsys):
     from mobilenet.cli.demo import evaluate_and_predict, train_digits
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        end = train_digits(tmp_path / "digits", epochs=2)
-        res = evaluate_and_predict(tmp_path / "digits" / "last.safetensors", tmp_path, n_samples=3)
-    finally:
-        torch.set_num_threads(n)
+    end = train_digits(tmp_path / "digits", epochs=2)
+    res = evaluate_and_predict(tmp_path / "digits" / "last.safetensors", tmp_path, n_samples=3)
     out = capsys.readouterr().out
     assert "epoch  2:" in out and "evaluation of" in out and out.count("test") >= 3
     assert load(end["last"]).weights_info.classes == [str(d) for d in range(10)]

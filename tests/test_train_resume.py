@@ -59,11 +59,10 @@ HELPER = textwrap.dedent('''
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_deterministic():
-    n, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
+def _restore_deterministic():
+    # deterministic runs switch torch's global flag on; leave it as it was (conftest sets one thread)
+    det = torch.are_deterministic_algorithms_enabled()
     yield
-    torch.set_num_threads(n)
     torch.use_deterministic_algorithms(det)
 
 

@@ -14,10 +14,11 @@ DESCRIPTION = """Time table of one model: device (cpu, cuda) x pass (forward, fo
   mobilenet bench --grid --budget-ms 5              # the most accurate variant that runs in 5 ms here"""
 
 
-def _csv(choices: tuple[str, ...]):
+def _csv(choices: tuple[str, ...] | None):
+    """Comma-separated values; checked against ``choices`` here, or (None) by the library."""
     def parse(text: str) -> list[str]:
         items = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in items if t not in choices]
+        bad = [t for t in items if choices is not None and t not in choices]
         if bad or not items:
             raise argparse.ArgumentTypeError(f"invalid choice(s) {', '.join(bad) or repr(text)} "
                                              f"(choose from {', '.join(choices)})")
@@ -26,8 +27,6 @@ def _csv(choices: tuple[str, ...]):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..deploy.bench import ALL_VARIANTS
-
     p.add_argument("model", nargs="?", default="mobilenet_v1_100_224",
                    help="model name (random weights) or weights file (default: mobilenet_v1_100_224)")
     p.add_argument("--preset", choices=("paper", "tf", "timm"), default=None, help="preset for a model name")
@@ -35,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=_csv(("cpu", "cuda")), default=["cpu", "cuda"], help="cpu,cuda (default both)")
     p.add_argument("--pass", dest="passes", type=_csv(("forward", "forward-backward")),
                    default=["forward", "forward-backward"], help="forward,forward-backward (default both)")
-    p.add_argument("--variants", type=_csv(ALL_VARIANTS), default=None, help="comma-separated subset of variants")
+    # checked by run_bench (naming the known ones): importing them here would load torch for `--help`
+    p.add_argument("--variants", type=_csv(None), default=None, help="comma-separated subset of variants")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile rows (slow to compile on small CPUs)")
     p.add_argument("--repeats", type=int, default=50, help="timed calls per variant")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls per variant first")

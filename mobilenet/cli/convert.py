@@ -16,14 +16,16 @@ examples:
   mobilenet convert mobilenet_v1_0.25_128_quant.tflite --out tflite_025_128.safetensors
   mobilenet convert mobilenet_v1_1.0_224.ckpt.index --drop-background
   mobilenet convert mobilenet.caffemodel --prototxt mobilenet_deploy.prototxt
-  mobilenet convert mobilenetv1_100.safetensors --format timm
+  mobilenet convert mobilenetv1_100.safetensors --source-format timm
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="source weights (for TF-slim: the .ckpt prefix or its .index file)")
     p.add_argument("--out", "-o", help="output .safetensors (default: <source name>.safetensors here)")
-    p.add_argument("--format", default="auto", choices=("auto", "keras", "tflite", "slim", "caffe", "timm"))
+    # --source-format, not --format: everywhere else --format is the format of a command's output
+    p.add_argument("--source-format", default="auto", choices=("auto", "keras", "tflite", "slim", "caffe", "timm"),
+                   help="the source file's format (default: told from its name and first bytes)")
     p.add_argument("--width-mult", type=float, help="expected width multiplier (checked against the file)")
     p.add_argument("--resolution", type=int, help="input resolution when the file does not tell it")
     p.add_argument("--drop-background", action="store_true",
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from . import CLIError
 
     try:
-        out = convert(args.src, args.out, args.format, width_mult=args.width_mult, resolution=args.resolution,
+        out = convert(args.src, args.out, args.source_format, width_mult=args.width_mult, resolution=args.resolution,
                       drop_background=args.drop_background, prototxt=args.prototxt)
     except ImportError as e:  # an optional reader (h5py) is missing: say which, no traceback
         raise CLIError(str(e)) from None

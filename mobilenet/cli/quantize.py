@@ -45,130 +45,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="also write the report as JSON here")
 
 
-def _train_batches(args: argparse.Namespace, model, pre):  # -> Callable[[], Iterable[(x, y)]]
-    import torch
-
-    from ..data import open_image_dataset
-    from ..evaluate import label_map
-    from ..weights import weights_info
-
-    ds = open_image_dataset(args.train, transform=pre)
-    mapping = torch.tensor(label_map(ds.class_names, weights_info(model).classes, model.num_classes))
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True,
-                                         drop_last=len(ds) > args.batch_size,
-                                         generator=torch.Generator().manual_seed(0))
-    return lambda: ((x, mapping[y]) for x, y in loader)
-
-
 def run(args: argparse.Namespace) -> int:
     import json
-    import os
-    import tempfile
     from pathlib import Path
 
-    import torch
-
     from ..checkpoint import atomic_write
-    from ..deploy.bench import num_threads, time_interleaved
-    from ..deploy.calibration import load_images, load_labelled
-    from ..deploy.loading import load_model
-    from ..deploy.quantize import (
-        model_metadata,
-        quantize_onnx,
-        quantize_ptq,
-        quantize_qat,
-        quantized_engine,
-        recorded_grids,
-        save_quantized,
-    )
-    from ..export.onnx import export_onnx
-    from ..preprocessing import Preprocessing
-    from ..runtimes.onnxruntime import session as onnx_session
-    from ..weights import weights_info
+    from ..deploy.int8 import quantize_file
+    from ..table import Table
     from ..zoo import VARIANTS
 
-    backend = args.backend or ("onnxruntime" if args.output.endswith(".onnx") else "torch")
-    if args.num_calib < 1:
-        raise ValueError(f"--num-calib must be >= 1, got {args.num_calib}")
-    if args.qat and (args.train is None or args.epochs < 1):
-        raise ValueError("--qat needs --train DATA and --epochs >= 1")
-    if args.qat and backend != "torch":
-        raise ValueError("--qat is implemented for the torch backend (write a .pt file)")
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    model = load_model(args.weights)
-    classes = weights_info(model).classes
     if args.weights in VARIANTS and not Path(args.weights).exists():
         print(f"note: {args.weights} has random weights; accuracy numbers are meaningless, timings are not")
-    pre = weights_info(model).preprocessing or Preprocessing.imagenet(model.config.resolution)
-    calib, _ = load_images(args.calib, pre, limit=args.num_calib)
-    example = calib[:1]
-    ranges, grids = ({}, {}) if args.calibrated_ranges else recorded_grids(model)
-    if ranges or grids:
-        print(f"using the source's recorded quantization: {len(ranges)} activation ranges, {len(grids)} weight grids "
-              "(--calibrated-ranges to calibrate instead)")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        if backend == "torch":
-            if args.qat:
-                q = quantize_qat(model, _train_batches(args, model, pre), epochs=args.epochs, lr=args.lr,
-                                 engine=args.engine, progress=True)
-            else:
-                q = quantize_ptq(model, calib, engine=args.engine, observer=args.observer,
-                                 use_recorded=not args.calibrated_ranges, progress=True)
-            path = save_quantized(q, args.output, example, metadata=model_metadata(model))
-
-            def int8(x: torch.Tensor) -> torch.Tensor:
-                with quantized_engine(args.engine), torch.inference_mode():
-                    return q(x)
-        else:
-            float_onnx = export_onnx(model, Path(tmp) / "float.onnx", resolution=calib.shape[-1])
-            path = quantize_onnx(float_onnx, args.output, calib, activation_ranges=ranges, weight_grids=grids)
-            sess = onnx_session(path, threads=args.threads or torch.get_num_threads())
-            name = sess.get_inputs()[0].name
-
-            def int8(x: torch.Tensor) -> torch.Tensor:
-                return torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
-
-        def fp32(x: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                return model(x)
-
-        if args.eval:
-            xs, ys = load_labelled(args.eval, pre, num_classes=model.num_classes, class_names=classes,
-                                   limit=args.num_eval)
-        else:
-            xs, ys = calib, None
-        ref = torch.cat([fp32(b) for b in xs.split(32)])
-        out = torch.cat([int8(b) for b in xs.split(1 if backend == "torch" else 32)])
-        with num_threads(args.threads):
-            times = time_interleaved({"fp32": lambda: fp32(example), "int8": lambda: int8(example)},
-                                     repeats=args.repeats, warmup=3, min_sample_s=0.02)
-    import statistics
-
-    float_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    report = {
-        "backend": backend, "engine": args.engine if backend == "torch" else "onnxruntime", "qat": args.qat,
-        "output": str(path), "calibration_images": len(calib),
-        "size_mb": {"fp32_state_dict": float_bytes / 1e6, "int8_file": os.path.getsize(path) / 1e6},
-        "latency_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
-        "threads": args.threads or torch.get_num_threads(),
-        "top1_agreement": (out.argmax(1) == ref.argmax(1)).float().mean().item() * 100, "images": len(xs),
-    }
-    report["speedup"] = report["latency_ms"]["fp32"] / report["latency_ms"]["int8"]
-    if ys is not None:
-        report["top1"] = {"fp32": (ref.argmax(1) == ys).float().mean().item() * 100,
-                          "int8": (out.argmax(1) == ys).float().mean().item() * 100}
-    print(f"wrote {path}")
-    print(f"{'':<22}{'fp32':>10}{'int8':>10}")
-    print(f"{'size (MB)':<22}{report['size_mb']['fp32_state_dict']:>10.2f}{report['size_mb']['int8_file']:>10.2f}")
-    print(f"{'latency b=1 (ms)':<22}{report['latency_ms']['fp32']:>10.2f}{report['latency_ms']['int8']:>10.2f}"
-          f"   ({report['speedup']:.2f}x, {report['threads']} threads, interleaved blocks, median of {args.repeats})")
-    if "top1" in report:
-        print(f"{'top-1 (%)':<22}{report['top1']['fp32']:>10.2f}{report['top1']['int8']:>10.2f}"
-              f"   ({len(xs)} images from {args.eval})")
-    print(f"top-1 agreement int8 vs fp32: {report['top1_agreement']:.1f}% of {len(xs)} images")
+    r = quantize_file(args.weights, args.output, args.calib, num_calib=args.num_calib, backend=args.backend,
+                      engine=args.engine, observer=args.observer, calibrated_ranges=args.calibrated_ranges,
+                      eval_data=args.eval, num_eval=args.num_eval, qat=args.qat, train_data=args.train,
+                      epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, repeats=args.repeats,
+                      threads=args.threads)
+    used = r["recorded_grids"]
+    if used["activation_ranges"] or used["weight_grids"]:
+        print(f"used the source's recorded quantization: {used['activation_ranges']} activation ranges, "
+              f"{used['weight_grids']} weight grids (--calibrated-ranges to calibrate instead)")
+    print(f"wrote {r['output']}")
+    rows = [["size (MB)", r["size_mb"]["fp32_state_dict"], r["size_mb"]["int8_file"], ""],
+            ["latency b=1 (ms)", r["latency_ms"]["fp32"], r["latency_ms"]["int8"],
+             f"{r['speedup']:.2f}x, {r['threads']} threads, interleaved blocks, median of {r['repeats']}"]]
+    if "top1" in r:
+        rows.append(["top-1 (%)", r["top1"]["fp32"], r["top1"]["int8"], f"{r['images']} images from {args.eval}"])
+    print(Table(["", "fp32", "int8", ""], rows).render("table"))
+    print(f"top-1 agreement int8 vs fp32: {r['top1_agreement']:.1f}% of {r['images']} images")
     if args.json:
         with atomic_write(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+            json.dump(r, f, indent=2)
     return 0

@@ -44,7 +44,7 @@ def detect_format(src: str | os.PathLike[str]) -> str:
     if name.endswith((".safetensors", ".pth", ".pt", ".bin")):
         return "timm"
     raise ValueError(f"cannot tell the format of {path} (head bytes {head!r}); "
-                     f"pass --format (format=) one of {', '.join(FORMATS)}")
+                     f"pass --source-format (format=) one of {', '.join(FORMATS)}")
 
 
 def _import(src: str | os.PathLike[str], fmt: str, *, resolution: int | None, prototxt: str | None) -> Any:

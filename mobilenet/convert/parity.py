@@ -19,21 +19,18 @@ from PIL import Image
 from ..imagenet_classes import imagenet_wnids
 from ..preprocessing import Preprocessing
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-
 
 def labelled_photos(folder: str | os.PathLike[str]) -> list[tuple[Path, int]]:
-    """(path, ImageNet class index) for every ``<wnid>_*.jpg`` photo in ``folder``, sorted by name."""
+    """(path, ImageNet class index) for every ``<wnid>_*`` photo under ``folder``, sorted by name."""
+    from ..predict import expand_inputs  # the one lister of image files
+
     index = {w: i for i, w in enumerate(imagenet_wnids())}
     out = []
-    for p in sorted(Path(folder).iterdir()):
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-            wnid = p.name.split("_", 1)[0]
-            if wnid not in index:
-                raise ValueError(f"{p.name}: file name does not start with an ImageNet WordNet id")
-            out.append((p, index[wnid]))
-    if not out:
-        raise FileNotFoundError(f"no .jpg/.jpeg/.png photos in {folder}")
+    for p in expand_inputs([os.fspath(folder)]):
+        wnid = p.name.split("_", 1)[0]
+        if wnid not in index:
+            raise ValueError(f"{p.name}: file name does not start with an ImageNet WordNet id")
+        out.append((p, index[wnid]))
     return out
 
 

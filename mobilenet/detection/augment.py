@@ -174,12 +174,17 @@ class TrainTransform:
         return normalize(s.image, self.mean, self.std), _target(s, ann)
 
 
-class EvalTransform:
-    """(PIL image, Annotation) -> (normalised (3, H, W) resized input, target) with no randomness.
+def resize_input(image: Image.Image, image_size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]
+                 ) -> torch.Tensor:
+    """The detector's input for an image: RGB, Pillow's bilinear resize to ``image_size`` (H, W; aspect not kept,
+    as SSD), then ``(pixels - mean) / std``: (3, H, W) float32. Evaluation and prediction both use it, so
+    ``detect eval --weights`` and scoring the JSON of ``detect predict`` see the same pixels."""
+    h, w = image_size
+    return normalize(pil_to_tensor(image.convert("RGB").resize((w, h), Image.BILINEAR)), mean, std)
 
-    Resizes with Pillow's bilinear filter, exactly as ``predict.model_input`` does, so that
-    ``detect eval --weights`` and scoring the JSON of ``detect predict`` see the same pixels.
-    """
+
+class EvalTransform:
+    """(PIL image, Annotation) -> (normalised (3, H, W) resized input (:func:`resize_input`), target), no randomness."""
 
     def __init__(self, image_size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.image_size, self.mean, self.std = tuple(image_size), mean, std
@@ -188,9 +193,8 @@ class EvalTransform:
         h, w = self.image_size
         sx, sy = w / image.width, h / image.height
         scale = torch.tensor([sx, sy, sx, sy])
-        s = Sample(pil_to_tensor(image.convert("RGB").resize((w, h), Image.BILINEAR)), ann.boxes * scale,
-                   ann.labels.clone(), ann.ignore_boxes * scale)
-        return normalize(s.image, self.mean, self.std), _target(s, ann)
+        x = resize_input(image, self.image_size, self.mean, self.std)
+        return x, _target(Sample(x, ann.boxes * scale, ann.labels.clone(), ann.ignore_boxes * scale), ann)
 
 
 def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:

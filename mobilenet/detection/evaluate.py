@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.decode import ImageDecodeError
+from ..table import Table
 from ..weights import weights_info
 from .augment import EvalTransform, collate
 from .datasets import DetectionDataset
@@ -159,3 +161,15 @@ def score_predictions(path: str | Path, dataset: DetectionDataset, metric: str =
     if not any(a.image_path.stem in preds for a in dataset.annotations):
         raise ValueError(f"{path} has no detections for any image of the dataset")
     return score_detections([preds.get(a.image_path.stem, empty) for a in dataset.annotations], dataset, metric)
+
+
+def metrics_table(result: dict[str, Any]) -> Table:
+    """The per-class part of a metric dict (``evaluate_detector``, ``score_detections``) as a table: KITTI's AP (R40,
+    %) per difficulty, or AP and ground-truth count per class."""
+    if result["metric"] == "kitti":
+        rows = [[cls, *(v[d]["ap_r40"] for d in ("easy", "moderate", "hard"))]
+                for cls, v in result["per_class"].items()]
+        return Table(["class", "easy", "moderate", "hard"], rows, caption="AP R40 (%)")
+    rows = [[cls, None if math.isnan(ap) else ap, result["num_gt"][cls]]
+            for cls, ap in result.get("per_class", {}).items()]
+    return Table(["class", "AP", "#gt"], rows, digits={"AP": 4})

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -18,6 +17,7 @@ from ..data.decode import ImageDecodeError, read_image
 from ..predict import expand_inputs, output_names
 from ..strict_json import dump
 from ..weights import weights_info
+from .augment import resize_input
 from .boxes import clip_boxes
 from .draw import draw_detections
 from .ssd import SSD
@@ -30,13 +30,9 @@ def list_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 
 def model_input(image: Image.Image, model: SSD) -> torch.Tensor:
-    """PIL image -> (3, H, W) normalised input: bilinear resize to the model's size (aspect not kept, as SSD)."""
+    """PIL image -> (3, H, W) normalised input at the model's size (``augment.resize_input``, as evaluation)."""
     cfg = model.config
-    h, w = cfg.image_size
-    arr = np.asarray(image.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32)
-    x = torch.from_numpy(arr.copy()).permute(2, 0, 1)
-    mean, std = torch.tensor(cfg.pixel_mean).view(3, 1, 1), torch.tensor(cfg.pixel_std).view(3, 1, 1)
-    return (x - mean) / std
+    return resize_input(image, cfg.image_size, cfg.pixel_mean, cfg.pixel_std)
 
 
 def load_inputs(model: SSD, inputs: Sequence[str | os.PathLike[str]], limit: int | None = None

@@ -1,0 +1,56 @@
+"""`mobilenet detect eval`: mAP of a detector, or of the detections `detect predict` saved, on a dataset split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .weights import WEIGHTS, add_runtime_flags
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    e = sub.add_parser("eval", help="mAP of a detector (or of saved predictions) on a dataset",
+                       description="mAP table and JSON for a detector, or for a JSON written by `detect predict`.")
+    e.add_argument("--data", required=True, help="dataset root: VOC folder (VOCdevkit or VOC2007), KITTI training/ "
+                   "folder, or COCO annotation JSON")
+    e.add_argument("--data-format", choices=("voc", "kitti", "coco"), default="voc")
+    e.add_argument("--split", default="test", help="VOC ImageSets/Main list name; KITTI all|train|val")
+    e.add_argument("--classes", help="comma-separated class names (default: the format's standard classes)")
+    e.add_argument("--image-dir", help="COCO: folder of the images (default: beside the JSON)")
+    e.add_argument("--val-fraction", type=float, default=0.2, help="KITTI seeded split: fraction held out")
+    e.add_argument("--seed", type=int, default=0)
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help=WEIGHTS)
+    src.add_argument("--predictions", help="detections JSON from `detect predict --format json` / detections.json")
+    e.add_argument("--metric", choices=("voc", "voc07", "kitti", "coco"))
+    e.add_argument("--batch-size", type=int, default=8)
+    add_runtime_flags(e)
+    e.add_argument("--json", dest="json_out", help="also write the metrics here")
+    return e
+
+
+def run(args: argparse.Namespace) -> int:
+    from ...detection.evaluate import evaluate_detector, metrics_table, score_predictions
+    from ...engine.detect import read_split
+    from ...recipe import DetectConfig
+    from ...runtimes import describe
+    from .._progress import print_problems
+    from .weights import load
+
+    cfg = DetectConfig(data=args.data, data_format=args.data_format, classes=args.classes, image_dir=args.image_dir,
+                       val_fraction=args.val_fraction, seed=args.seed, metric=args.metric)
+    ds = read_split(cfg, args.split)
+    print_problems({args.split: ds.problems}, args.data)
+    if args.predictions:
+        r = score_predictions(args.predictions, ds, cfg.metric)  # type: ignore[arg-type]
+    else:
+        model, device = load(args)
+        r = evaluate_detector(model, ds, metric=cfg.metric,  # type: ignore[arg-type]
+                              batch_size=args.batch_size, device=device, progress=True)
+        r["runtime"] = describe(model)
+    print(metrics_table(r).render("table"))
+    print(f"{r['metric']} mAP: {r['map']:.4f}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(r, indent=1))
+    return 0

@@ -1,0 +1,47 @@
+"""`mobilenet detect predict`: detections for images, as a table or JSON, and pictures with the boxes drawn."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .weights import WEIGHTS, add_runtime_flags
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    pr = sub.add_parser("predict", help="detections for images (JSON) and pictures with boxes",
+                        description="Detect objects in images; print JSON or a table; --out writes pictures.")
+    pr.add_argument("inputs", nargs="+", metavar="IMAGE|DIR")
+    pr.add_argument("--weights", required=True, help=WEIGHTS)
+    pr.add_argument("--out", help="folder for <image> with boxes drawn and detections.json")
+    pr.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    pr.add_argument("--score-threshold", type=float, default=0.3)
+    pr.add_argument("--batch-size", type=int, default=8)
+    add_runtime_flags(pr)
+    return pr
+
+
+def run(args: argparse.Namespace) -> int:
+    from ...detection.predict import detect_images, list_images, write_outputs
+    from .weights import load
+
+    paths = list_images(args.inputs)  # a missing image before a model load
+    model, device = load(args)
+    results = detect_images(model, paths, score_threshold=args.score_threshold, batch_size=args.batch_size,
+                            device=device)
+    if args.out:
+        pictures = write_outputs(results, args.out)
+        print(f"wrote {len(pictures)} picture(s) and detections.json to {args.out}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps(results, indent=1))
+        return 0
+    for r in results:
+        if "error" in r:  # an unreadable image: reported, never replaced by another
+            print(f"{r['image']}: {r['error']}")
+            continue
+        print(f"{r['image']}: {len(r['detections'])} detection(s)")
+        for d in r["detections"]:
+            x1, y1, x2, y2 = d["box"]
+            print(f"  {d['label']:<16}{d['score']:.3f}  [{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}]")
+    return 0
