@@ -1,14 +1,15 @@
 """A detector that takes RGB pixels: any detector file this project can load, behind one small interface.
 
-``load_frame_detector(path)`` picks the runtime by suffix: ``.safetensors`` (our SSD), ``.tflite`` (TF Lite's
-``detect.tflite``, imported into our SSD) run in PyTorch; ``.onnx`` (``mobilenet detect export``) runs in
-ONNX Runtime. Frames go in as ``(B, 3, h, w)`` float pixels in [0, 255] at the detector's input size (or any
-size for a PyTorch SSD, whose anchors follow the input); detections come out normalised, as ``SSD.detect``.
+``load_frame_detector(path)`` opens it as the detection commands do (``mobilenet.engine.detect.load_detector``):
+``.safetensors`` (our SSD) and TF Lite's ``detect.tflite`` (imported into our SSD) run in PyTorch; any deployed
+file (``.onnx`` from ``mobilenet detect export``, ``.pte``, OpenVINO ``.xml``, our ``.tflite`` exports) runs in
+its own runtime (``mobilenet.detection.runtime``). Frames go in as ``(B, 3, h, w)`` float pixels in [0, 255] at
+the detector's input size (or any size for a PyTorch SSD, whose anchors follow the input); detections come out
+normalised, as ``SSD.detect``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -64,58 +65,24 @@ def frames_to_tensor(rgb: Any, device: torch.device) -> torch.Tensor:
 
 
 def load_frame_detector(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> FrameDetector:
-    """A :class:`FrameDetector` for a detector file: ``.safetensors``/``.tflite`` (PyTorch) or ``.onnx``."""
+    """A :class:`FrameDetector` for a detector file (see the module doc)."""
+    from ..engine.detect import load_detector
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"detector not found: {path}")
-    device = torch.device(device)
-    if path.suffix.lower() == ".onnx":
-        return _onnx_detector(path, device)
-    from ..engine.detect import load_detector  # our weights file, or a detection .tflite imported on the fly
-
-    return torch_detector(load_detector(path), device, name=path.name)
+    return torch_detector(load_detector(path, device), device, name=path.name)
 
 
 def torch_detector(model: Any, device: torch.device | str = "cpu", *, name: str = "ssd") -> FrameDetector:
-    """Wrap an in-memory ``SSD``."""
+    """Wrap an in-memory ``SSD`` (any input size: its anchors follow), or a deployed file's ``RuntimeDetector``
+    (its fixed input size)."""
     from ..detection.predict import class_names_of
+    from ..detection.runtime import RuntimeDetector
 
     device = torch.device(device)
     model = model.eval().to(device)
     cfg = model.config
     return FrameDetector(name=name, class_names=class_names_of(model), input_size=tuple(cfg.image_size),
-                         mean=cfg.pixel_mean, std=cfg.pixel_std, device=device, flexible=True, run=model.detect)
-
-
-def _onnx_detector(path: Path, device: torch.device) -> FrameDetector:
-    from ..deploy.export import onnx_session
-    from ..detection.export import onnx_detections
-
-    try:
-        import onnx
-    except ImportError:
-        raise ImportError("ONNX detectors need onnx and onnxruntime: pip install 'mobilenet[export]'") from None
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001  (onnx raises DecodeError and friends for a damaged file)
-        raise ValueError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
-    props = {p.key: p.value for p in proto.metadata_props}
-    if "mobilenet" not in props:
-        raise ValueError(f"{path} has no 'mobilenet' metadata: export it with `mobilenet detect export`")
-    meta = json.loads(props["mobilenet"])
-    outputs = [o.name for o in proto.graph.output]
-    if outputs != ["detections"]:
-        raise ValueError(f"{path} ends in {', '.join(outputs)}, not in detections: export it with NMS")
-    cfg = meta["config"]
-    names = meta.get("class_names") or [f"class_{k}" for k in range(int(cfg["num_classes"]))]
-    session = onnx_session(path)
-    input_name = session.get_inputs()[0].name
-
-    def run(x: torch.Tensor) -> list[Detections]:
-        rows = session.run(["detections"], {input_name: x.detach().cpu().numpy()})[0]
-        return [Detections(d.boxes.to(device), d.scores.to(device), d.labels.to(device))
-                for d in onnx_detections(rows, x.shape[0])]
-
-    return FrameDetector(name=path.name, class_names=list(names), input_size=tuple(meta["image_size"]),
-                         mean=tuple(cfg.get("pixel_mean", (127.5,) * 3)), std=tuple(cfg.get("pixel_std", (127.5,) * 3)),
-                         device=device, flexible=False, run=run)
+                         mean=cfg.pixel_mean, std=cfg.pixel_std, device=device,
+                         flexible=not isinstance(model, RuntimeDetector), run=model.detect)
