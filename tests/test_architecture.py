@@ -141,3 +141,11 @@ def test_the_command_line_parses_without_loading_torch():
             "print(mobilenet.__version__, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=True)
     assert out.stdout.split()[1] == "False", out.stdout
+
+
+def test_the_command_lines_copies_of_library_names_are_the_librarys():
+    # copied so that building the parser loads no torch (the test above); kept equal here
+    from mobilenet.cli.export import FORMATS as CLI_EXPORT_FORMATS
+    from mobilenet.export import FORMATS
+
+    assert CLI_EXPORT_FORMATS == FORMATS

@@ -20,11 +20,13 @@ from typing import Any
 NAME = "export"
 HELP = "export to ONNX, TorchScript, torch.export, TF Lite, ExecuTorch, OpenVINO or Core ML (float or int8)"
 DESCRIPTION = __doc__
+# mobilenet.export.FORMATS, not imported: that package loads torch, and `mobilenet --help` must not (a test keeps
+# the two equal)
+FORMATS = ("onnx", "onnx-int8", "torchscript", "torch-export", "tflite", "executorch", "executorch-int8",
+           "openvino", "openvino-int8", "coreml")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..export import FORMATS
-
     p.add_argument("weights", help="weights file (classifier or SSD; or a .tflite to import), or a model name "
                                    "(random weights)")
     p.add_argument("-o", "--output", required=True, help="file to write (its suffix must match the format)")
