@@ -215,27 +215,43 @@ def param_groups(
     weight_decay: float,
     depthwise_weight_decay: float = 0.0,
     norm_bias_weight_decay: float = 0.0,
+    lr_scales: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Split trainable parameters into weight-decay groups: ``decay`` (conv/linear weights),
     ``depthwise`` (3x3 depthwise filters) and ``no_decay`` (BatchNorm weight/bias, every bias).
 
+    ``lr_scales`` maps a parameter-name prefix to a factor on the learning rate (``{"classifier.": 10.0}``: a new
+    head learns 10x faster than a pretrained body); those parameters get groups of their own (``decay@classifier.``
+    ...) carrying ``lr_scale``, which the training loop multiplies into the scheduled rate.
     Groups carry a ``name`` key so logs and tests can tell them apart; empty groups are dropped.
     """
-    buckets: dict[str, list[nn.Parameter]] = {"decay": [], "depthwise": [], "no_decay": []}
+    scales = {k: float(v) for k, v in (lr_scales or {}).items() if float(v) != 1.0}
+    buckets: dict[tuple[str, str], list[nn.Parameter]] = {}
     seen: set[int] = set()
-    for module in model.modules():
+    for mname, module in model.named_modules():
         for pname, p in module.named_parameters(recurse=False):
             if id(p) in seen or not p.requires_grad:
                 continue
             seen.add(id(p))
             if isinstance(module, nn.modules.batchnorm._NormBase) or pname == "bias" or p.ndim <= 1:
-                buckets["no_decay"].append(p)
+                kind = "no_decay"
             elif is_depthwise(module):
-                buckets["depthwise"].append(p)
+                kind = "depthwise"
             else:
-                buckets["decay"].append(p)
+                kind = "decay"
+            full = f"{mname}.{pname}" if mname else pname
+            prefix = next((k for k in scales if full.startswith(k)), "")
+            buckets.setdefault((kind, prefix), []).append(p)
     wd = {"decay": weight_decay, "depthwise": depthwise_weight_decay, "no_decay": norm_bias_weight_decay}
-    return [{"name": k, "params": v, "weight_decay": wd[k]} for k, v in buckets.items() if v]
+    order = {"decay": 0, "depthwise": 1, "no_decay": 2}
+    groups = []
+    for (kind, prefix), params in sorted(buckets.items(), key=lambda kv: (kv[0][1], order[kv[0][0]])):
+        group: dict[str, Any] = {"name": f"{kind}@{prefix}" if prefix else kind, "params": params,
+                                 "weight_decay": wd[kind]}
+        if prefix:
+            group["lr_scale"] = scales[prefix]
+        groups.append(group)
+    return groups
 
 
 def build_optimizer(
@@ -251,13 +267,17 @@ def build_optimizer(
     rmsprop_decay: float = 0.9,
     rmsprop_eps: float = 1.0,
     betas: tuple[float, float] = (0.9, 0.999),
+    lr_scales: dict[str, float] | None = None,
 ) -> torch.optim.Optimizer:
     """``"rmsprop_tf"`` (the paper's), ``"sgd"`` (Nesterov by default), ``"adamw"``, ``"nadam"`` (Keras's
     Nadam, the seed's CIFAR-10 optimizer) or ``"yellowfin"`` (``lr`` is a factor on its tuned rate: 1.0 as
     tuned) over ``param_groups(model, ...)``. For AdamW the decay is decoupled (AdamW's own); for the others
-    it is L2."""
+    it is L2. ``lr_scales``: see :func:`param_groups` (each scaled group starts at ``lr * lr_scale``)."""
     groups = param_groups(model, weight_decay=weight_decay, depthwise_weight_decay=depthwise_weight_decay,
-                          norm_bias_weight_decay=norm_bias_weight_decay)
+                          norm_bias_weight_decay=norm_bias_weight_decay, lr_scales=lr_scales)
+    for g in groups:
+        if "lr_scale" in g:
+            g["lr"] = lr * g["lr_scale"]
     if not groups:
         raise ValueError("the model has no trainable parameters")
     if name == "rmsprop_tf":

@@ -157,7 +157,10 @@ class TrainConfig(EngineConfig):
     distill_alpha: float = _f(0.5, "weight of the distillation loss (1 - alpha on the labels)")
     distill_temperature: float = _f(4.0, "softmax temperature of the distillation loss")
     weights: str | None = _f(None, "initial weights file; the classifier is replaced when the class count differs")
+    pretrained: bool = _f(False, "start from the published ImageNet weights of --model, from the pretrained cache "
+                                 "(see `mobilenet pretrained`)")
     freeze_backbone_epochs: int = _f(0, "train only the classifier for this many epochs first")
+    head_lr_mult: float = _f(1.0, "learning-rate factor of the classifier (e.g. 10: a new head on pretrained weights)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -168,6 +171,10 @@ class TrainConfig(EngineConfig):
         _check(self.cutout >= 0, f"cutout must be >= 0, got {self.cutout}")
         _check(self.freeze_backbone_epochs >= 0,
                f"freeze_backbone_epochs must be >= 0, got {self.freeze_backbone_epochs}")
+        _check(self.head_lr_mult > 0, f"head_lr_mult must be > 0, got {self.head_lr_mult}")
+        _check(not self.pretrained or bool(self.model), "pretrained needs the variant: add --model NAME, e.g. "
+                                                        "--model mobilenet_v1_025_128")
+        _check(not (self.pretrained and self.weights), "give --pretrained or --weights, not both")
         _check(self.in_chans in (None, 3), f"in_chans must be 3: the training data are RGB images, got {self.in_chans}")
         _check(not self.device_data or self.augment in ("cifar", "none"),
                f"device_data augments batches on the device: augment must be cifar or none, got {self.augment!r}")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cache import pretrained_path, resolve_weights
 from ..checkpoint import WeightsFileError, load, load_state_strict, read
 from ..data import DecodedImages
 from ..distributed import DistInfo
@@ -31,6 +32,14 @@ ARCHITECTURE = ("width_mult", "resolution", "preset", "stem_stride", "dropout", 
 APPLICABLE = ("resolution", "stem_stride", "dropout")  # change no tensor shape: applied to loaded weights too
 
 
+def weights_path(cfg: TrainConfig) -> str | None:
+    """The file ``cfg.weights`` names, or that of the published weights ``--pretrained`` or a variant name in
+    ``--weights`` stands for (the pretrained cache, :mod:`mobilenet.cache`)."""
+    if cfg.pretrained:
+        return str(pretrained_path(str(cfg.model)))
+    return str(resolve_weights(cfg.weights)) if cfg.weights is not None else None
+
+
 def model_config(cfg: TrainConfig) -> tuple[MobileNetConfig, tuple[dict[str, torch.Tensor], dict[str, Any]] | None]:
     """The config of the model to train (its class count aside) and the weights file's (tensors, header), if any.
 
@@ -39,16 +48,17 @@ def model_config(cfg: TrainConfig) -> tuple[MobileNetConfig, tuple[dict[str, tor
     preprocessing then follows); other architecture settings that differ from the file are refused.
     """
     given = {k: getattr(cfg, k) for k in ARCHITECTURE if getattr(cfg, k) is not None}
-    if cfg.weights is None:
+    path = weights_path(cfg)
+    if path is None:
         return MobileNetConfig(**given), None
-    tensors, meta = read(cfg.weights)
+    tensors, meta = read(path)
     if meta.get("architecture") != "mobilenet_v1":
         raise WeightsFileError(
-            f"{cfg.weights}: architecture {meta.get('architecture')!r} is not a mobilenet_v1 classifier")
+            f"{path}: architecture {meta.get('architecture')!r} is not a mobilenet_v1 classifier")
     saved = MobileNetConfig.from_dict(meta["config"])
     for key, value in given.items():
         if key not in APPLICABLE and value != getattr(saved, key):
-            raise ValueError(f"{cfg.weights} holds a {key}={getattr(saved, key)!r} model: {key}={value!r} cannot "
+            raise ValueError(f"{path} holds a {key}={getattr(saved, key)!r} model: {key}={value!r} cannot "
                              f"change it (leave it out to fine-tune the file's)")
     return replace(saved, **{k: v for k, v in given.items() if k in APPLICABLE}), (tensors, meta)
 
@@ -65,15 +75,16 @@ def build_model(cfg: TrainConfig, num_classes: int, class_names: Sequence[str] |
         return MobileNetV1.from_config(replace(config, num_classes=num_classes)), "random initialisation"
     tensors, meta = source
     applied = [f"{k}={getattr(config, k)}" for k in APPLICABLE if getattr(cfg, k) is not None]
-    origin = f"{cfg.weights}" + (f" with {', '.join(applied)}" if applied else "")
+    path = str(weights_path(cfg))
+    origin = path + (f" with {', '.join(applied)}" if applied else "")
     model = MobileNetV1.from_config(config)
     names = meta.get("class_names")
     if model.num_classes == num_classes and (class_names is None or names in (None, list(class_names))):
-        load_state_strict(model, tensors, str(cfg.weights))
+        load_state_strict(model, tensors, path)
         return model, f"all weights from {origin}"
     body = {k: v for k, v in tensors.items() if not k.startswith("classifier.")}
     model.reset_classifier(0)  # no classifier while loading the body, then a fresh one
-    load_state_strict(model, body, str(cfg.weights))
+    load_state_strict(model, body, path)
     model.reset_classifier(num_classes)
     return model, f"body from {origin}, new {num_classes}-class classifier"
 
@@ -213,7 +224,7 @@ class ClassificationTask:
         self.val = val_set if val_set is not None and len(val_set) else None
         model, origin = build_model(cfg, len(names), names, resolved=resolved)
         notes = []
-        if cfg.weights and (n := restore_batchnorm(model, self._sample(train_set))):
+        if (cfg.weights or cfg.pretrained) and (n := restore_batchnorm(model, self._sample(train_set))):
             notes.append(f"BatchNorm of {n} layers re-estimated on the training data: the weights had it folded "
                          f"into the convolutions (a .tflite import)")
         if cfg.teacher:
@@ -226,7 +237,8 @@ class ClassificationTask:
         return Prepared(model=model, data=train_set, batch_size=cfg.batch_size,
                         info=WeightsInfo(classes=names, preprocessing=pre),
                         describe={"val_size": len(val_set) if val_set is not None else 0, "num_classes": len(names),
-                                  "weights": origin, "notes": notes})
+                                  "weights": origin, "notes": notes},
+                        lr_scales={"classifier.": cfg.head_lr_mult})
 
     def _sample(self, data: Any, count: int = 256, batch: int = 64) -> Iterator[torch.Tensor]:
         """Input batches of ``count`` training samples spread over the set (for BatchNorm statistics)."""

@@ -77,6 +77,7 @@ class Prepared:
     info: WeightsInfo  # the record every saved weights file carries (classes, preprocessing ...)
     collate: Callable[[list[Any]], Any] | None = None
     describe: dict[str, Any] = field(default_factory=dict)  # more fields of the start event
+    lr_scales: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> lr factor (optim)
 
 
 class Task(Protocol):
@@ -210,7 +211,8 @@ def run(task: Task, cfg: EngineConfig, *, info: DistInfo | None = None) -> Itera
     optimizer = build_optimizer(
         model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
         depthwise_weight_decay=cfg.depthwise_weight_decay, norm_bias_weight_decay=cfg.norm_bias_weight_decay,
-        momentum=cfg.momentum, nesterov=cfg.nesterov, rmsprop_decay=cfg.rmsprop_decay, rmsprop_eps=cfg.rmsprop_eps)
+        momentum=cfg.momentum, nesterov=cfg.nesterov, rmsprop_decay=cfg.rmsprop_decay, rmsprop_eps=cfg.rmsprop_eps,
+        lr_scales=prep.lr_scales)
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     scaler = torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None
 
@@ -320,7 +322,7 @@ def run(task: Task, cfg: EngineConfig, *, info: DistInfo | None = None) -> Itera
                     # one optimiser step
                     mult = schedule(progress.global_step)
                     for g in optimizer.param_groups:
-                        g["lr"] = cfg.lr * mult
+                        g["lr"] = cfg.lr * mult * g.get("lr_scale", 1.0)
                     if scaler is not None:
                         scaler.unscale_(optimizer)
                     if cfg.grad_clip > 0:
