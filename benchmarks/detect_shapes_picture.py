@@ -9,7 +9,8 @@ redistributed. Steps (1 torch thread; steps 3-4 run the real CLI commands in sub
 3. ``mobilenet detect eval`` on the held-out test split (VOC all-point mAP@0.5);
 4. ``mobilenet detect predict`` on the first ``--tiles`` test images (no choosing), enlarged 4x (bicubic) so
    the captions it draws fit: predict resizes every input back to the model's 64x64;
-5. tile those pictures into one PNG (default ``docs/detections_shapes.png``), palette-quantised to stay small.
+5. tile those pictures into one PNG, palette-quantised to stay small: by default under ``runs/``; the README's
+   picture is replaced only when asked, with ``--out docs/detections_shapes.png``.
 
     python benchmarks/detect_shapes_picture.py [--out docs/detections_shapes.png] [--tiles 6] [--threads 1]
 """
@@ -99,7 +100,8 @@ def tile(pictures: list[Path], out: Path, columns: int, gutter: int = 4, colours
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(REPO / "docs" / "detections_shapes.png"), help="the tiled PNG")
+    ap.add_argument("--out", default=str(REPO / "runs" / "detect_shapes_picture" / "detections_shapes.png"),
+                    help="the tiled PNG (the README's: docs/detections_shapes.png)")
     ap.add_argument("--tiles", type=int, default=6, help="held-out test images in the picture (the first N)")
     ap.add_argument("--columns", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads of each command")
@@ -131,7 +133,7 @@ def main() -> None:
         detections = json.loads((pred_dir / "detections.json").read_text())
         objects = sum(len(a.boxes) for a in read_voc(shapes, "test", SHAPE_CLASSES).annotations
                       if a.image_path.stem in ids)
-        out = tile([pred_dir / f"{i}.jpg" for i in ids], Path(args.out), args.columns)
+        out = tile([pred_dir / f"{i}.png" for i in ids], Path(args.out), args.columns)  # predict keeps PNG
     total_s = time.perf_counter() - t_start
     result = {
         "picture": str(out), "picture_kb": round(out.stat().st_size / 1024, 1), "threads": args.threads,
