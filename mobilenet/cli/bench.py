@@ -7,9 +7,13 @@ import argparse
 NAME = "bench"
 HELP = "time every deployment path on this machine; --grid: latency/accuracy of the 16 variants and budgets"
 DESCRIPTION = """Time table of one model: device (cpu, cuda) x pass (forward, forward-backward) x variant
-(eager, folded, channels_last, compile, int8, onnxruntime, fp16/bf16, CUDA graphs), timed interleaved in one run.
+(eager, folded, channels_last, compile, int8, a row per runtime: onnxruntime, openvino, tflite, executorch, fp32
+and int8; fp16/bf16, CUDA graphs), timed interleaved in one run.
 
   mobilenet bench mobilenet_v1_100_224 --format markdown
+  mobilenet bench w.safetensors --peers             # beside OpenVINO's defaults on our ONNX, timm, TF Lite
+  mobilenet bench w.safetensors --recommend --calib images/   # the fastest path here that keeps accuracy
+  mobilenet bench model.tflite                      # a deployed file in its own runtime
   mobilenet bench --grid --plot grid.png            # 16 variants: latency beside MACs and TF-slim top-1
   mobilenet bench --grid --budget-ms 5              # the most accurate variant that runs in 5 ms here"""
 
@@ -28,7 +32,8 @@ def _csv(choices: tuple[str, ...] | None):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default="mobilenet_v1_100_224",
-                   help="model name (random weights) or weights file (default: mobilenet_v1_100_224)")
+                   help="model name (random weights), weights file, or a deployed file (.onnx, .tflite, .pte, .xml, "
+                        ".pt, .pt2) timed in its own runtime (default: mobilenet_v1_100_224)")
     p.add_argument("--preset", choices=("paper", "tf", "timm"), default=None, help="preset for a model name")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", type=_csv(("cpu", "cuda")), default=["cpu", "cuda"], help="cpu,cuda (default both)")
@@ -40,12 +45,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=50, help="timed calls per variant")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls per variant first")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--peers", action="store_true",
+                   help="add what a user runs without us: OpenVINO's defaults on our ONNX, timm, TF Lite on "
+                        "--peer-tflite")
+    p.add_argument("--peer-tflite", metavar="FILE", default=None, help="Google's .tflite of this variant (peer row)")
+    p.add_argument("--recommend", action="store_true",
+                   help="choose the fastest CPU path that keeps accuracy (int8/bf16 only when faster and within 1 "
+                        "point top-1 of float on held-out --calib images); see `export --target cpu`")
+    p.add_argument("--calib", default=None,
+                   help="--recommend: images (folder or dataset), half calibrate, half are held out")
+    p.add_argument("--num-calib", type=int, default=200, help="--recommend: images to read from --calib")
     p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     p.add_argument("--out", default=None, help="also write the JSON result here")
     g = p.add_argument_group("grid: latency vs accuracy of the 16 alpha x resolution variants (CPU)")
     g.add_argument("--grid", action="store_true", help="time all 16 variants instead of one model")
+    # checked by run_grid (naming the known ones), as --variants
     g.add_argument("--grid-variant", default="eager",
-                   choices=("eager", "folded", "channels_last", "int8", "onnxruntime", "onnxruntime-int8"),
                    help="deployment path timed for every variant (default eager fp32)")
     g.add_argument("--plot", default=None, help="write the latency/top-1 plot with the Pareto frontier (PNG)")
     g.add_argument("--budget-ms", type=float, default=None, help="latency budget (ms per batch, median)")
@@ -87,12 +102,27 @@ def _grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recommend(args: argparse.Namespace, model: object) -> int:
+    from ..checkpoint import atomic_write
+    from ..deploy.target import format_recommendation, recommend_cpu, target_images
+
+    images, labels = target_images(model, args.calib, limit=args.num_calib)  # type: ignore[arg-type]
+    rec = recommend_cpu(model, images, labels, batch=args.batch_size, repeats=args.repeats,  # type: ignore[arg-type]
+                        warmup=args.warmup, paths=args.variants)
+    print(format_recommendation(rec, args.format))
+    if args.out:
+        with atomic_write(args.out, "w") as f:
+            f.write(format_recommendation(rec, "json"))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
     from ..checkpoint import atomic_write
-    from ..deploy.bench import format_result, num_threads, run_bench
+    from ..deploy.bench import bench_file, format_result, num_threads, run_bench
     from ..deploy.loading import load_model
+    from ..runtimes import is_artifact
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -101,13 +131,23 @@ def run(args: argparse.Namespace) -> int:
     grid_only = [n for n in ("plot", "budget_ms", "budget_macs", "budget_params") if getattr(args, n) is not None]
     if grid_only and not args.grid:
         raise ValueError(f"--{grid_only[0].replace('_', '-')} needs --grid")
+    if args.recommend != (args.calib is not None):
+        raise ValueError("--recommend needs --calib (images: half calibrate the int8 paths, half are held out)"
+                         if args.recommend else "--calib is for --recommend")
+    if args.peer_tflite and not args.peers:
+        raise ValueError("--peer-tflite needs --peers")
     with num_threads(args.threads):
         if args.grid:
             return _grid(args)
-        model = load_model(args.model, preset=args.preset)
-        result = run_bench(model, batch_size=args.batch_size, devices=args.device, passes=args.passes,
-                           variants=args.variants, compile=not args.no_compile, repeats=args.repeats,
-                           warmup=args.warmup)
+        if is_artifact(args.model):
+            result = bench_file(args.model, batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup)
+        else:
+            model = load_model(args.model, preset=args.preset)
+            if args.recommend:
+                return _recommend(args, model)
+            result = run_bench(model, batch_size=args.batch_size, devices=args.device, passes=args.passes,
+                               variants=args.variants, compile=not args.no_compile, repeats=args.repeats,
+                               warmup=args.warmup, peers=args.peers, google_tflite=args.peer_tflite)
     print(format_result(result, args.format))
     if args.out:
         with atomic_write(args.out, "w") as f:

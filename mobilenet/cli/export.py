@@ -9,6 +9,11 @@ outputs, class labels, ops). Examples::
     mobilenet export w.safetensors -o w_int8.pte --format executorch-int8 --calib ../shared/data/imagenet/images
     mobilenet export w.safetensors -o w.xml --format openvino
     mobilenet export detector.safetensors -o ssd.tflite --format tflite
+    mobilenet export w.safetensors --target cpu --calib images/ -o deploy/   # the fastest path on this CPU
+
+``--target cpu`` measures every deployment path on this machine and writes the fastest one that keeps the
+accuracy (int8 or bf16 only when faster than float and within 1 point top-1 on the held-out half of --calib),
+with ``target.json`` (every candidate's time and accuracy, and why) beside it.
 """
 
 from __future__ import annotations
@@ -29,8 +34,14 @@ FORMATS = ("onnx", "onnx-int8", "torchscript", "torch-export", "tflite", "execut
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", help="weights file (classifier or SSD; or a .tflite to import), or a model name "
                                    "(random weights)")
-    p.add_argument("-o", "--output", required=True, help="file to write (its suffix must match the format)")
-    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("-o", "--output", required=True,
+                   help="file to write (its suffix must match the format); a folder with --target")
+    p.add_argument("--format", choices=FORMATS, default=None, help="the format to write (default: onnx)")
+    p.add_argument("--target", choices=("cpu",), default=None,
+                   help="measure the paths on this machine and write the fastest that keeps accuracy (needs --calib)")
+    p.add_argument("--paths", default=None, metavar="A,B",
+                   help="--target: the deployment paths to measure (default: all that build in seconds; see "
+                        "`mobilenet bench --help`)")
     p.add_argument("--resolution", type=int, default=None, help="input size (default: the model's)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 17; default 18)")
     p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW", help="TF Lite input layout")
@@ -68,12 +79,37 @@ def _load(spec: str) -> Any:
     return load_model(spec)
 
 
+def _target(args: argparse.Namespace) -> int:
+    from ..deploy.loading import load_model
+    from ..deploy.target import format_recommendation, recommend_cpu, target_images, write_choice
+
+    if args.format is not None:
+        raise ValueError("--target chooses the format: give --target or --format, not both")
+    if args.calib is None:
+        raise ValueError("--target cpu needs --calib (images: half calibrate the int8 paths, half are held out)")
+    if Path(args.output).suffix:
+        raise ValueError(f"--target writes into a folder (the format is chosen by measuring): not {args.output}")
+    model = load_model(args.weights)
+    images, labels = target_images(model, args.calib, limit=args.num_calib)
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()] if args.paths else None
+    rec = recommend_cpu(model, images, labels, batch=args.batch, threads=args.threads, paths=paths)
+    print(format_recommendation(rec))
+    written = write_choice(rec, model, args.output)
+    print(f"wrote {written} and {Path(args.output) / 'target.json'}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..deploy.calibration import load_images
     from ..export import INT8, SUFFIXES, artifact_metadata, check, export, file_size
     from ..export.metadata import input_size, is_detector
     from ..preprocessing import Preprocessing
 
+    if args.target:
+        return _target(args)
+    if args.paths:
+        raise ValueError("--paths is for --target")
+    args.format = args.format or "onnx"
     if args.opset is not None and args.opset < 17:
         raise ValueError(f"--opset must be >= 17, got {args.opset}")
     if args.resolution is not None and args.resolution < 32:

@@ -6,9 +6,13 @@ background load on a shared machine slows all of them alike and the ratios stay 
 one call (CUDA: followed by a synchronisation); we report the median and the 10th/90th percentiles.
 
 Variants
-    cpu forward: ``eager`` (fp32, the reference), ``folded`` (BN folded), ``channels_last``,
-    ``compile`` (``torch.compile`` of the folded model), ``int8`` (FX x86 PTQ), ``onnxruntime`` and
-    ``onnxruntime-int8`` (QDQ) when onnxruntime is installed.
+    cpu forward: every deployment path of :mod:`mobilenet.deploy.paths`: ``eager`` (fp32, the reference),
+    ``folded`` (BN folded), ``channels_last``, ``compile`` (``torch.compile`` of the folded model), ``int8`` (FX
+    x86 PTQ), and each export in its runtime (a row per runtime): ``onnxruntime`` and ``onnxruntime-int8`` (QDQ),
+    ``openvino`` (f32), ``openvino-bf16``, ``openvino-int8`` (NNCF), ``openvino-int8-qdq``, ``tflite``,
+    ``executorch`` and ``executorch-int8`` (XNNPACK), each where its runtime is installed; with ``peers`` also
+    what a user gets without us (``peer-openvino``: OpenVINO's defaults on our ONNX; ``peer-timm``; ``peer-tflite``
+    on Google's file). A runtime row times the runtime on its own input (layout and dtype converted beforehand).
     cpu forward-backward (train mode): ``eager``, ``channels_last``, ``compile``.
     cuda forward: ``eager``, ``folded``, ``channels_last``, ``fp16``, ``bf16`` (folded, channels_last,
     half-precision weights), ``compile-fp16`` and ``cuda-graphs-fp16`` (a captured static-shape replay).
@@ -23,13 +27,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import platform
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,13 +45,16 @@ from .fold import fold_bn
 
 DEVICES = ("cpu", "cuda")
 PASSES = ("forward", "forward-backward")
-CPU_FORWARD = ("eager", "folded", "channels_last", "compile", "int8", "onnxruntime", "onnxruntime-int8")
+CPU_FORWARD = ("eager", "folded", "channels_last", "compile", "int8", "onnxruntime", "onnxruntime-int8", "openvino",
+               "openvino-bf16", "openvino-int8", "openvino-int8-qdq", "tflite", "executorch", "executorch-int8")
+CPU_PEERS = ("peer-openvino", "peer-tflite", "peer-timm", "peer-timm-compile")
 CPU_TRAIN = ("eager", "channels_last", "compile")
 CUDA_FORWARD = ("eager", "folded", "channels_last", "fp16", "bf16", "compile-fp16", "cuda-graphs-fp16")
 CUDA_TRAIN = ("eager", "channels_last", "amp-fp16", "amp-bf16", "compile-amp-bf16")
-QUANTIZED = frozenset({"int8", "onnxruntime-int8"})
+QUANTIZED = frozenset({"int8", "onnxruntime-int8", "openvino-int8", "openvino-int8-qdq", "executorch-int8",
+                       "openvino-bf16", "peer-openvino", "peer-tflite"})  # not float32: left out of the recommendation
 REDUCED = frozenset({"fp16", "bf16", "compile-fp16", "cuda-graphs-fp16"})
-ALL_VARIANTS = tuple(dict.fromkeys(CPU_FORWARD + CPU_TRAIN + CUDA_FORWARD + CUDA_TRAIN))
+ALL_VARIANTS = tuple(dict.fromkeys(CPU_FORWARD + CPU_PEERS + CPU_TRAIN + CUDA_FORWARD + CUDA_TRAIN))
 
 
 @dataclass
@@ -94,10 +101,11 @@ def environment(device_names: Sequence[str] = ("cpu",)) -> dict[str, Any]:
         "cpu": _cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "quantized_engine": torch.backends.quantized.engine,
     }
-    with contextlib.suppress(ImportError):
-        import onnxruntime
+    from importlib.metadata import PackageNotFoundError, version
 
-        env["onnxruntime"] = onnxruntime.__version__
+    for package in ("onnxruntime", "openvino", "ai-edge-litert", "executorch"):  # without importing them
+        with contextlib.suppress(PackageNotFoundError):
+            env[package] = version(package)
     if "cuda" in device_names and torch.cuda.is_available():
         env["cuda_device"] = torch.cuda.get_device_name()
         env["cuda"] = torch.version.cuda
@@ -213,53 +221,24 @@ def _no_grad(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Callable[[],
     return call
 
 
-def _onnx_rows(model: MobileNetV1, x: torch.Tensor, variant: str, tmp: str) -> Callable[[], Any]:
+def _cpu_forward(model: MobileNetV1, variant: str, x: torch.Tensor, tmp: str, *,
+                 google_tflite: str | None = None) -> tuple[Callable[[], Any], str]:
+    from .paths import PATHS, Unavailable, build
+
+    if variant not in PATHS:
+        raise _Skip(f"not a cpu forward variant (choose from {', '.join(CPU_FORWARD + CPU_PEERS)})")
     try:
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as e:
-        raise _Skip(f"needs onnxruntime and onnxscript ({e.name} missing)") from None
-    from ..export.onnx import export_onnx
-    from ..runtimes.onnxruntime import session as onnx_session
-    from .quantize import quantize_onnx
+        built = build(model, variant, batch=len(x), threads=torch.get_num_threads(), folder=tmp,
+                      google_file=google_tflite)
+    except Unavailable as e:
+        raise _Skip(str(e)) from None
+    path = PATHS[variant]
+    dtype = {"int8": "int8", "bfloat16": "bfloat16"}.get(path.precision, "float32")
+    if path.precision == "default":  # OpenVINO's own choice on this CPU
+        from ..runtimes.openvino import default_precision
 
-    r = x.shape[-1]
-    path = os.path.join(tmp, "float.onnx")
-    if not os.path.exists(path):
-        export_onnx(model, path, resolution=r)
-    if variant == "onnxruntime-int8":
-        qpath = os.path.join(tmp, "int8.onnx")
-        quantize_onnx(path, qpath, torch.randn(8, *x.shape[1:]))
-        path = qpath
-    sess = onnx_session(path, threads=torch.get_num_threads())
-    feed = {sess.get_inputs()[0].name: x.numpy()}
-    return lambda: sess.run(None, feed)
-
-
-def _cpu_forward(model: MobileNetV1, variant: str, x: torch.Tensor, tmp: str) -> tuple[Callable[[], Any], str]:
-    if variant == "eager":
-        return _inference(model, x), "float32"
-    if variant == "folded":
-        return _inference(fold_bn(model), x), "float32"
-    if variant == "channels_last":
-        m = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        return _inference(m, x.contiguous(memory_format=torch.channels_last)), "float32"
-    if variant == "compile":
-        compiled = torch.compile(fold_bn(model))
-        return _no_grad(compiled, x), "float32"
-    if variant == "int8":
-        from .quantize import quantize_ptq, quantized_engine
-
-        q = quantize_ptq(model, torch.randn(8, *x.shape[1:]), observer="minmax")  # ranges don't change speed
-        engine = q.quantized_engine
-
-        def call() -> Any:
-            with quantized_engine(engine), torch.inference_mode():
-                return q(x)
-        return call, "int8"
-    if variant in ("onnxruntime", "onnxruntime-int8"):
-        return _onnx_rows(model, x, variant, tmp), "int8" if variant.endswith("int8") else "float32"
-    raise _Skip(f"not a cpu forward variant (choose from {', '.join(CPU_FORWARD)})")
+        dtype = {"bf16": "bfloat16", "f16": "float16"}.get(default_precision(), "float32")
+    return built.timed(x), dtype
 
 
 def _cpu_train(model: MobileNetV1, variant: str, x: torch.Tensor) -> tuple[Callable[[], Any], str]:
@@ -333,9 +312,23 @@ def _cuda_train(model: MobileNetV1, variant: str, x: torch.Tensor) -> tuple[Call
     raise _Skip(f"not a cuda forward-backward variant (choose from {', '.join(CUDA_TRAIN)})")
 
 
-def _wanted(defaults: Sequence[str], variants: Sequence[str] | None, compile: bool) -> list[str]:
-    chosen = [v for v in defaults if variants is None or v in variants]
-    return [v for v in chosen if compile or "compile" not in v]
+def _wanted(defaults: Sequence[str], variants: Sequence[str] | None, compile: bool) -> tuple[list[str], dict[str, str]]:
+    """(variants to time, {variant: why left out}): without an explicit list, the paths that take a minute to
+    build (ExecuTorch's lowering) are left out, and ``compile=False`` drops the ``torch.compile`` rows."""
+    from .paths import PATHS
+
+    chosen: list[str] = []
+    left: dict[str, str] = {}
+    for v in defaults:
+        if variants is not None and v not in variants:
+            continue
+        if not compile and "compile" in v:
+            continue
+        if variants is None and v in PATHS and PATHS[v].slow and "compile" not in v:
+            left[v] = "slow to build (about a minute here): name it in --variants to time it"
+            continue
+        chosen.append(v)
+    return chosen, left
 
 
 def run_bench(
@@ -347,6 +340,8 @@ def run_bench(
     passes: Sequence[str] = PASSES,
     variants: Sequence[str] | None = None,
     compile: bool = True,
+    peers: bool = False,
+    google_tflite: str | None = None,
     repeats: int = 50,
     warmup: int = 5,
     min_sample_s: float = 0.02,
@@ -356,8 +351,10 @@ def run_bench(
     """Time every requested variant of ``model`` (see the module docstring) and return the table.
 
     ``devices``: "cuda" is skipped (and said so in ``skipped``) without a CUDA device. ``variants``:
-    a subset of the variant names (default: all). ``compile=False`` drops the ``torch.compile`` rows
-    (their first call compiles for tens of seconds on a small CPU). ``min_sample_s``: see
+    a subset of the variant names (default: all but the slow-to-build ExecuTorch rows). ``compile=False`` drops
+    the ``torch.compile`` rows (their first call compiles for tens of seconds on a small CPU). ``peers``: add the
+    CPU rows of what a user runs without us (see :mod:`mobilenet.deploy.paths`); ``google_tflite``: Google's own
+    ``.tflite`` of this variant for the ``peer-tflite`` row. ``min_sample_s``: see
     :func:`time_interleaved` (a sample of a fast variant averages several consecutive calls).
     """
     if not isinstance(model, MobileNetV1):
@@ -382,15 +379,19 @@ def run_bench(
             result.skipped["cuda"] = "no CUDA device"
             continue
         for pass_ in passes:
-            table = {("cpu", "forward"): CPU_FORWARD, ("cpu", "forward-backward"): CPU_TRAIN,
-                     ("cuda", "forward"): CUDA_FORWARD, ("cuda", "forward-backward"): CUDA_TRAIN}[(device, pass_)]
+            table = {("cpu", "forward"): CPU_FORWARD + (CPU_PEERS if peers else ()),
+                     ("cpu", "forward-backward"): CPU_TRAIN, ("cuda", "forward"): CUDA_FORWARD,
+                     ("cuda", "forward-backward"): CUDA_TRAIN}[(device, pass_)]
             fns, dtypes = {}, {}
             xd = x.to(device)
+            wanted, left = _wanted(table, variants, compile)
+            result.skipped.update({f"{device}/{pass_}/{v}": why for v, why in left.items()})
             with tempfile.TemporaryDirectory() as tmp:
-                for v in _wanted(table, variants, compile):
+                for v in wanted:
                     try:
                         if device == "cpu":
-                            fn, dt = _cpu_forward(model, v, xd, tmp) if pass_ == "forward" else _cpu_train(model, v, xd)
+                            fn, dt = (_cpu_forward(model, v, xd, tmp, google_tflite=google_tflite) if pass_ == "forward"
+                                      else _cpu_train(model, v, xd))
                         else:
                             fn, dt = _cuda_forward(model, v, xd) if pass_ == "forward" else _cuda_train(model, v, xd)
                         fn()  # first call: compiles, captures, allocates; not part of the warm-up count
@@ -410,6 +411,38 @@ def run_bench(
         if floats:
             result.recommended[device] = min(floats, key=lambda row: row.median_ms).variant
     return result
+
+
+def bench_file(path: str, *, batch_size: int = 1, repeats: int = 50, warmup: int = 5, min_sample_s: float = 0.02,
+               progress: bool = True, **options: Any) -> BenchResult:
+    """The time of a deployed file in its own runtime (:mod:`mobilenet.runtimes`): one row (OpenVINO: f32 and its
+    own default precision, two rows), its runtime and input contract named in ``skipped``-free ``recommended``."""
+    from .. import runtimes
+
+    predictors = {}
+    if runtimes.runtime_for(path) == "openvino" and "precision" not in options:
+        predictors["openvino-f32"] = runtimes.load(path, threads=torch.get_num_threads(), precision="f32", **options)
+        predictors["openvino-default"] = runtimes.load(path, threads=torch.get_num_threads(), **options)
+    else:
+        p = runtimes.load(path, threads=torch.get_num_threads(), **options)
+        predictors[p.runtime] = p
+    first = next(iter(predictors.values()))
+    c, h, w = first.input_shape[1:]
+    x = torch.randn(batch_size, int(c), int(h), int(w))  # type: ignore[arg-type]
+    fns = {}
+    for name, p in predictors.items():
+        fed = p.feed(x)
+        fns[name] = (lambda p=p, fed=fed: p.run(fed)) if p.input_shape[0] in (None, batch_size) else \
+            (lambda p=p: p(x))
+        fns[name]()
+    times = time_interleaved(fns, repeats=repeats, warmup=warmup, progress=progress, min_sample_s=min_sample_s,
+                             desc="file")
+    rows = summarise("cpu", "forward", times, batch_size, {n: first.input_dtype for n in fns})
+    for r in rows:
+        r.speedup = float("nan")  # no eager reference: the file is all there is
+    env = environment()
+    env.update({f"runtime:{n}": p.describe() for n, p in predictors.items()})
+    return BenchResult(Path(path).name, rows, env)
 
 
 def _model_name(model: MobileNetV1) -> str:
@@ -447,10 +480,12 @@ def format_result(result: BenchResult, fmt: str = "table") -> str:
     if fmt not in ("table", "markdown"):
         raise ValueError(f"format must be table, markdown or json, got {fmt!r}")
     env = result.environment
-    head = (f"{result.model}: torch {env['torch']}, {env['threads']} threads, {env['cpu']}"
-            + (f", onnxruntime {env['onnxruntime']}" if "onnxruntime" in env else "")
+    runtimes = "".join(f", {p} {env[p]}" for p in ("onnxruntime", "openvino", "ai-edge-litert", "executorch")
+                       if p in env)
+    head = (f"{result.model}: torch {env['torch']}, {env['threads']} threads, {env['cpu']}{runtimes}"
             + (f", {env['cuda_device']}" if "cuda_device" in env else ""))
     lines = [head, "", render_table(COLUMNS, [_cells(r) for r in result.rows], fmt), ""]
+    lines += [f"{k.split(':', 1)[1]}: {v}" for k, v in env.items() if k.startswith("runtime:")]
     for device, variant in result.recommended.items():
         row = next(r for r in result.rows if r.device == device and r.pass_ == "forward" and r.variant == variant)
         lines.append(f"recommended float path on {device}: {variant} ({row.speedup:.2f}x eager at batch "

@@ -14,8 +14,11 @@ The metadata (:mod:`mobilenet.export.metadata`) is ``rt_info["mobilenet"]`` (JSO
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -44,10 +47,31 @@ def _convert(model: nn.Module, size: tuple[int, int]) -> tuple[Any, bool]:
     return converted, dynamic
 
 
-def _nncf(converted: Any, calibration: torch.Tensor) -> Any:
+# A detector's box decoding (anchors times offsets, exp of the sizes, the corners) must stay float: quantized, its
+# graph does not even compile in OpenVINO (a Reshape of the int8 product fails shape inference), and boxes would
+# land on a coarse grid. Its convolutions are quantized as a classifier's are.
+DECODING_OPS = ("Multiply", "Subtract", "Exp", "Divide", "Add", "Concat")
+
+
+def _nncf(converted: Any, calibration: torch.Tensor, *, detector: bool = False) -> Any:
     nncf = require("nncf", "openvino int8 export", "openvino")
     dataset = nncf.Dataset([x[None].numpy() for x in calibration])
-    return nncf.quantize(converted, dataset, subset_size=len(calibration))
+    ignored = nncf.IgnoredScope(types=list(DECODING_OPS), validate=False) if detector else None
+    # NNCF draws its progress bars on stdout, where a JSON result may be going: they belong on stderr; its log
+    # lists every op it leaves out.
+    with contextlib.redirect_stdout(sys.stderr), _nncf_log(nncf):
+        return nncf.quantize(converted, dataset, subset_size=len(calibration), ignored_scope=ignored)
+
+
+@contextlib.contextmanager
+def _nncf_log(nncf: Any) -> Any:
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _save(converted: Any, path: Path, meta: dict[str, Any]) -> Path:
@@ -86,7 +110,7 @@ def export_openvino(
         raise ValueError(f"calibration images are {tuple(calibration.shape[-2:])}, the export is for {size}")
     if method == "nncf":
         converted, dynamic = _convert(model, size)
-        quantized = _nncf(converted, calibration)
+        quantized = _nncf(converted, calibration, detector=is_detector(model))
         quantization = {"dtype": "int8", "method": "nncf", "calibration_images": len(calibration)}
     else:
         if is_detector(model):

@@ -54,15 +54,15 @@ def add_metadata(flatbuffer: bytes, name: str, data: bytes) -> bytes:
 
 @contextlib.contextmanager
 def _quiet_converter() -> Iterator[Any]:
-    litert_torch = require("litert_torch", "tflite export", "tflite")
-    shown = litert_torch.config.show_progress
-    litert_torch.config.show_progress = False  # its own step-by-step log; we print one line
-    try:
-        with warnings.catch_warnings(), quiet_stderr():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings(), quiet_stderr():  # importing it logs TensorFlow's start-up lines too
+        warnings.simplefilter("ignore")
+        litert_torch = require("litert_torch", "tflite export", "tflite")
+        shown = litert_torch.config.show_progress
+        litert_torch.config.show_progress = False  # its own step-by-step log; we print one line
+        try:
             yield litert_torch
-    finally:
-        litert_torch.config.show_progress = shown
+        finally:
+            litert_torch.config.show_progress = shown
 
 
 def convert(model: nn.Module, size: tuple[int, int], layout: str = "NCHW", batch: int = 1) -> bytes:
