@@ -105,5 +105,5 @@ def test_cli_bench(tmp_path, capsys):
     assert "needs --grid" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "missing.safetensors")]) == 2
     assert "not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["bench", "--variants", "turbo"])
+    assert main(["bench", "--variants", "turbo"]) == 2  # checked by the library, which names the known variants
+    assert "unknown variant" in capsys.readouterr().err
