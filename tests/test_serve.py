@@ -210,3 +210,20 @@ def test_page_draws_boxes_of_the_coco_ssd_in_chromium(tmp_path):
         shot = driver.get_screenshot_as_png()
     assert any(label.startswith("person") for label in labels), labels
     assert _colour_pixels(shot, (0x1F, 0x77, 0xB4)) > 200  # the person box's colour is on the screenshot
+
+
+@pytest.mark.slow
+def test_an_onnx_classifier_is_served_as_the_pytorch_one(classifier, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from mobilenet import load
+    from mobilenet.export.onnx import export_onnx
+
+    export_onnx(load(classifier), tmp_path / "clf.onnx")
+    ours, theirs = load_served(classifier), load_served(tmp_path / "clf.onnx")
+    assert theirs.kind == "classifier" and theirs.class_names == CLASSES and theirs.info["runtime"] == "onnxruntime"
+    with running_server(create_app(theirs)) as base:
+        code, answer = post(base + "/predict?topk=3", png(4))
+    want = ours.format(ours.run([Image.open(io.BytesIO(png(4))).convert("RGB")])[0], topk=3)
+    assert code == 200 and [t["label"] for t in answer["top"]] == [t["label"] for t in want["top"]]
+    assert [t["prob"] for t in answer["top"]] == pytest.approx([t["prob"] for t in want["top"]], abs=1e-4)

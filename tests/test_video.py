@@ -232,3 +232,27 @@ def test_detect_video_cli_on_a_frame_folder_with_our_weights(tmp_path, capsys):
     assert len(lines) == 5 and json.loads(lines[4])["time"] == pytest.approx(0.8)
     with open_frames(tmp_path / "o" / "a.webm") as src:
         assert sum(1 for _ in src) == 5 and src.size == (160, 96)
+
+
+@pytest.mark.slow
+def test_an_onnx_export_detects_as_the_pytorch_model(tmp_path):
+    """The same SSD through ONNX Runtime (an export with NMS) and PyTorch gives the same detections."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from mobilenet.detection.export import export_detector_onnx
+    from mobilenet.detection.ssd import SSD, SSDConfig
+    from mobilenet.video.detector import frames_to_tensor, load_frame_detector, resize_pixels, torch_detector
+
+    model = SSD(SSDConfig(num_classes=3, width_mult=0.25, image_size=(96, 96))).eval()
+    export_detector_onnx(model, tmp_path / "ssd.onnx", class_names=["a", "b", "c"], score_threshold=0.05)
+    onnx_det = load_frame_detector(tmp_path / "ssd.onnx")
+    torch_det = torch_detector(model)
+    assert onnx_det.class_names == ["a", "b", "c"] and onnx_det.input_size == (96, 96) and not onnx_det.flexible
+    pixels = resize_pixels(frames_to_tensor(np.stack(moving_square(2)), torch.device("cpu")), (96, 96))
+    for ours, theirs in zip(torch_det.detect(pixels), onnx_det.detect(pixels), strict=True):
+        keep = ours.scores >= 0.05
+        assert theirs.boxes.shape[0] == int(keep.sum()) > 0
+        assert torch.allclose(theirs.scores, ours.scores[keep], atol=1e-4)
+        assert torch.allclose(theirs.boxes, ours.boxes[keep], atol=1e-4)
+    with pytest.raises(ValueError, match="takes 96x96 inputs"):
+        onnx_det.detect(torch.zeros(1, 3, 64, 64))

@@ -1,9 +1,10 @@
 """The model behind `mobilenet serve`: a classifier or a detector, PyTorch or exported, run on batches of images.
 
 ``load_served(path)`` reads a weights file: ``.safetensors`` (our classifier or SSD), ``.tflite`` (TF Lite's
-``detect.tflite``, or a MobileNet v1 classifier, imported), ``.onnx`` (a classifier from ``mobilenet export``
-or a detector from ``mobilenet detect export``). ``run(images)`` is one forward pass over a batch of PIL
-images; ``format(raw, ...)`` turns one image's raw output into the JSON the API answers.
+``detect.tflite``, or a MobileNet v1 classifier, imported into PyTorch); other exported classifiers (``.onnx``,
+OpenVINO ``.xml``, ExecuTorch ``.pte``) run in their own runtime through ``mobilenet.runtimes``; an exported
+detector is an ONNX file from ``mobilenet detect export`` (with NMS). ``run(images)`` is one forward pass over a
+batch of PIL images; ``format(raw, ...)`` turns one image's raw output into the JSON the API answers.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from PIL import Image
 
 from ..detection.boxes import clip_boxes
 from ..detection.postprocess import Detections
-from ..preprocessing import Preprocessing
 
 
 class ServedModel:
@@ -69,28 +69,31 @@ def load_served(path: str | os.PathLike[str], device: torch.device | str = "cpu"
         raise FileNotFoundError(f"weights file not found: {path}")
     device = torch.device(device)
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from ..export.onnx import read_onnx_metadata
-
-        meta = read_onnx_metadata(path)
-        if meta.get("architecture") == "ssd_mobilenet_v1":
-            return _detector(path, device)
-        return _onnx_classifier(path, meta)
     if suffix == ".tflite":
         from ..tflite.format import read_tflite
         from ..tflite.ssd import POSTPROCESS_OP
 
         if any(op.custom_code == POSTPROCESS_OP for op in read_tflite(path).operators):
-            return _detector(path, device)
+            return _detector(path, device)  # TF Lite's SSD, imported into PyTorch
         from ..convert import import_model
 
         return _torch_classifier(import_model(path), path.name, device)
-    from .. import detection  # noqa: F401  (registers the SSD builder)
-    from ..checkpoint import load, read_metadata
+    if suffix == ".safetensors":
+        from .. import detection  # noqa: F401  (registers the SSD builder)
+        from ..checkpoint import load, read_metadata
 
-    if read_metadata(path).get("architecture") == "ssd_mobilenet_v1":
+        if read_metadata(path).get("architecture") == "ssd_mobilenet_v1":
+            return _detector(path, device)
+        return _torch_classifier(load(path), path.name, device)
+    from .. import runtimes
+
+    predictor = runtimes.load(path)  # .onnx, .xml, .pte, ...: the file's own runtime
+    if predictor.task == "detect":
+        if suffix != ".onnx":
+            raise ValueError(f"{path.name}: detectors are served from .safetensors, detect.tflite or an ONNX export "
+                             f"with NMS, not from {suffix}")
         return _detector(path, device)
-    return _torch_classifier(load(path), path.name, device)
+    return _artifact_classifier(predictor)
 
 
 def _torch_classifier(model: Any, name: str, device: torch.device) -> ServedModel:
@@ -111,23 +114,20 @@ def _torch_classifier(model: Any, name: str, device: torch.device) -> ServedMode
     return ServedModel("classifier", info, run, _label_names(model, n), _readable_names(model, n))
 
 
-def _onnx_classifier(path: Path, meta: dict[str, Any]) -> ServedModel:
-    from ..runtimes.onnxruntime import session as onnx_session
-
-    pre = Preprocessing.from_dict(meta["preprocessing"]) if meta.get("preprocessing") else Preprocessing.imagenet(
-        int(meta.get("config", {}).get("resolution", 224)))
-    session = onnx_session(path)
-    input_name = session.get_inputs()[0].name
-    n = int(meta.get("config", {}).get("num_classes", 0)) or int(session.get_outputs()[0].shape[-1])
-    names = meta.get("class_names") or [str(i) for i in range(n)]
+def _artifact_classifier(predictor: Any) -> ServedModel:
+    """An exported classifier in its runtime (``mobilenet.runtimes``): the file's preprocessing and class names."""
+    pre = predictor.preprocessing
+    names = predictor.class_names
 
     def run(images: list[Image.Image]) -> list[torch.Tensor]:
-        x = torch.stack([pre(im) for im in images]).numpy()
-        logits = torch.from_numpy(np.asarray(session.run(None, {input_name: x})[0])).float()
+        logits = predictor(torch.stack([pre(im) for im in images]))
+        logits = (logits[0] if isinstance(logits, tuple) else logits).float()
         return list(logits.softmax(1))
 
-    info = {"file": path.name, "runtime": "onnxruntime", "device": "cpu", "config": meta.get("config"),
-            "preprocessing": pre.to_dict()}
+    info = {"file": predictor.path.name, "runtime": predictor.runtime, "device": "cpu",
+            "config": predictor.metadata.get("config"), "preprocessing": pre.to_dict()}
+    if names is None:  # a file without our metadata: indices as labels
+        names = [str(i) for i in range(int(run([Image.new("RGB", (pre.resolution, pre.resolution))])[0].shape[0]))]
     return ServedModel("classifier", info, run, list(names))
 
 

@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -144,8 +143,6 @@ def detect_video(
             if bar is not None:
                 bar.close()
     wall = time.perf_counter() - start
-    if out_jsonl:
-        _readable(Path(out_jsonl))
     summary: dict[str, Any] = {
         "source": source.name, "detector": detector.name, "size": list(source.size), "fps": source.fps,
         "frames": frames, "video_seconds": round(last_time + 1 / source.fps, 3) if frames else 0.0,
@@ -174,10 +171,3 @@ def _draw(rgb: Any, detections: list[dict[str, Any]]) -> Any:
     if not detections:
         return rgb
     return np.asarray(draw_detections(Image.fromarray(rgb), detections))
-
-
-def _readable(path: Path) -> None:
-    """atomic_write's temporary files are private (0600); outputs get the usual umask permissions."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)

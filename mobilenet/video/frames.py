@@ -274,10 +274,10 @@ class VideoWriter:
         for packet in self._stream.encode():
             self._container.mux(packet)
         self._container.close()
+        from ..checkpoint import current_umask
+
+        os.chmod(self._tmp, 0o666 & ~current_umask())  # mkstemp made it private
         os.replace(self._tmp, self.path)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(self.path, 0o666 & ~mask)  # mkstemp made it private
         return self.path
 
     def abort(self) -> None:
