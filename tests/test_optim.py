@@ -160,8 +160,8 @@ def test_yellowfin_tunes_on_a_quadratic_and_its_state_round_trips():
 
 @pytest.mark.slow
 def test_nadam_and_yellowfin_train_the_digits_as_sgd_does():
-    """A short CPU check on the bundled digits: each optimizer's best test accuracy over 6 epochs at a constant
-    rate (no schedule) reaches 93 % and SGD's within 4 points."""
+    """A short CPU check on the bundled digits: 6 epochs under the cosine schedule (the recipes' default; for
+    YellowFin it scales the tuned rate), each optimizer's final test accuracy reaches 95 % and SGD's within 3 points."""
     import numpy as np
 
     from mobilenet.data.digits import SPLIT_SEED, TEST_FRACTION, load_digit_arrays, stratified_indices, upscale
@@ -172,26 +172,29 @@ def test_nadam_and_yellowfin_train_the_digits_as_sgd_does():
     train_idx, test_idx = (torch.tensor(i) for i in stratified_indices(y.tolist(), 10, TEST_FRACTION, SPLIT_SEED))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    best = {}
+    final = {}
     try:
         for name, lr in (("sgd", 0.1), ("nadam", 0.01), ("yellowfin", 1.0)):
             torch.manual_seed(0)
             model = MobileNetV1(width_mult=0.25, resolution=32, stem_stride=1, num_classes=10)
             opt = build_optimizer(model, name, lr=lr, weight_decay=5e-4)
             g = torch.Generator().manual_seed(0)
-            best[name] = 0.0
-            for _ in range(6):
+            steps = (len(train_idx) + 63) // 64
+            schedule = lr_multiplier("cosine", steps_per_epoch=steps, total_epochs=6)
+            for epoch in range(6):
                 model.train()
                 order = train_idx[torch.randperm(len(train_idx), generator=g)]
                 for i in range(0, len(order), 64):
                     batch = order[i:i + 64]
+                    for group in opt.param_groups:
+                        group["lr"] = lr * schedule(epoch * steps + i // 64)
                     opt.zero_grad()
                     nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
                     opt.step()
                 model.eval()
-                with torch.no_grad():
-                    best[name] = max(best[name], float((model(x[test_idx]).argmax(1) == y[test_idx]).float().mean()))
+            with torch.no_grad():
+                final[name] = float((model(x[test_idx]).argmax(1) == y[test_idx]).float().mean())
     finally:
         torch.set_num_threads(threads)
     for name in ("nadam", "yellowfin"):
-        assert best[name] >= 0.93 and best[name] >= best["sgd"] - 0.04, best
+        assert final[name] >= 0.95 and final[name] >= final["sgd"] - 0.03, final
