@@ -175,7 +175,8 @@ def test_temporal_detection_on_the_shared_clip_agrees_with_full_frames(tmp_path)
     assert s["frames"] == 90 and c["full_detections"] > 40
     assert c["full_found"] >= 0.9 and c["temporal_found"] >= 0.85, c
     modes = s["temporal"]["modes"]
-    assert modes.get("key", 0) >= 9 and modes.get("static", 0) + modes.get("crops", 0) > 20, modes
+    full = modes.get("key", 0) + modes.get("changed", 0) + modes.get("brightness", 0)  # each resets the key count
+    assert full >= 9 and modes.get("static", 0) + modes.get("crops", 0) > 20, modes
     assert s["detections_per_class"].get("person", 0) > 40
 
 
