@@ -20,7 +20,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "mobilenet.published", "mobilenet.imagenet_classes", "mobilenet.weights", "mobilenet.strict_json",
         "mobilenet.table",
         "mobilenet.machine",
-        "mobilenet.tflite", "mobilenet.tflite.flexbuffers", "mobilenet.tflite.format", "mobilenet.tflite.grid")),
+        "mobilenet.tflite", "mobilenet.tflite.flexbuffers", "mobilenet.tflite.format", "mobilenet.tflite.grid",
+        "mobilenet.tflite.writer")),
     ("core: weights files, variants, cost, training state", (
         "mobilenet.checkpoint", "mobilenet.zoo", "mobilenet.profile", "mobilenet.train_state", "mobilenet.plots",
         "mobilenet.cache")),
@@ -28,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                                       "mobilenet.inference")),
     ("deployment: folding, int8, export, runtimes, TF Lite fidelity", (
         "mobilenet.deploy", "mobilenet.export", "mobilenet.runtimes", "mobilenet.kernels",
-        "mobilenet.tflite.fidelity")),
+        "mobilenet.tflite.fidelity", "mobilenet.tflite.quantized")),
     ("detection: the SSD and its parts", ("mobilenet.detection",)),
     ("importers: foreign weights into our models", (
         "mobilenet.convert", "mobilenet.tflite.classifier", "mobilenet.tflite.ssd", "mobilenet.tflite.parity",

@@ -27,8 +27,8 @@ HELP = "export to ONNX, TorchScript, torch.export, TF Lite, ExecuTorch, OpenVINO
 DESCRIPTION = __doc__
 # mobilenet.export.FORMATS, not imported: that package loads torch, and `mobilenet --help` must not (a test keeps
 # the two equal)
-FORMATS = ("onnx", "onnx-int8", "torchscript", "torch-export", "tflite", "executorch", "executorch-int8",
-           "openvino", "openvino-int8", "coreml")
+FORMATS = ("onnx", "onnx-int8", "torchscript", "torch-export", "tflite", "tflite-int8", "executorch",
+           "executorch-int8", "openvino", "openvino-int8", "coreml")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -101,7 +101,7 @@ def _target(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from ..deploy.calibration import load_images
-    from ..export import INT8, SUFFIXES, artifact_metadata, check, export, file_size
+    from ..export import INT8, RECORDED_GRIDS, SUFFIXES, artifact_metadata, check, export, file_size
     from ..export.metadata import input_size, is_detector
     from ..preprocessing import Preprocessing
 
@@ -118,9 +118,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-calib must be >= 1, got {args.num_calib}")
     if Path(args.output).suffix != SUFFIXES[args.format]:  # refused before the (slow) load and calibration
         raise ValueError(f"--format {args.format} writes a {SUFFIXES[args.format]} file, not {Path(args.output).name}")
-    if (args.format in INT8) != (args.calib is not None):
-        raise ValueError(f"--format {args.format} needs --calib (a folder of images or a dataset)"
-                         if args.format in INT8 else f"--calib is for the int8 formats, not {args.format}")
+    if args.calib is not None and args.format not in INT8:
+        raise ValueError(f"--calib is for the int8 formats, not {args.format}")
+    if args.format in INT8 and args.calib is None and args.format not in RECORDED_GRIDS:
+        raise ValueError(f"--format {args.format} needs --calib (a folder of images or a dataset)")
     model = _load(args.weights)
     size = input_size(model, args.resolution)
     calibration = None
@@ -155,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
     if detector_onnx:
         print("ends in detections (N, 7) after the model's NMS; `mobilenet detect eval --weights` the file to score it "
               "(`mobilenet detect export` has the post-processing options)")
+        return 0
+    if is_detector(model) and args.format == "tflite-int8":
+        print("ends in TFLite_Detection_PostProcess (boxes, classes, scores, count); `mobilenet detect eval --weights` "
+              "the file to score it")
         return 0
     if args.no_check:
         return 0

@@ -8,6 +8,8 @@ onnx-int8          .onnx           + ONNX Runtime static quantization (QDQ)     
 torchscript        .pt             ``torch.jit.trace``                                         torch
 torch-export       .pt2            ``torch.export`` (dynamic batch)                            torch
 tflite             .tflite         ``litert-torch`` (float; NCHW or NHWC input)                tflite
+tflite-int8        .tflite         uint8 graph as Google's quantized files (exact grids; an    tflite
+                                   SSD ends in TFLite_Detection_PostProcess)
 executorch         .pte            ``torch.export`` -> XNNPACK delegate                        executorch
 executorch-int8    .pte            PT2E + ``XNNPACKQuantizer`` -> XNNPACK delegate             executorch
 openvino           .xml + .bin     ``openvino.convert_model``                                  openvino
@@ -33,15 +35,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .metadata import artifact_metadata, is_detector
+from .metadata import artifact_metadata, input_size, is_detector
 
-FORMATS = ("onnx", "onnx-int8", "torchscript", "torch-export", "tflite", "executorch", "executorch-int8",
-           "openvino", "openvino-int8", "coreml")
+FORMATS = ("onnx", "onnx-int8", "torchscript", "torch-export", "tflite", "tflite-int8", "executorch",
+           "executorch-int8", "openvino", "openvino-int8", "coreml")
 SUFFIXES = {"onnx": ".onnx", "onnx-int8": ".onnx", "torchscript": ".pt", "torch-export": ".pt2", "tflite": ".tflite",
+            "tflite-int8": ".tflite",
             "executorch": ".pte", "executorch-int8": ".pte", "openvino": ".xml", "openvino-int8": ".xml",
             "coreml": ".mlpackage"}
 INT8 = frozenset(f for f in FORMATS if f.endswith("-int8"))
-DETECTOR_FORMATS = ("tflite", "executorch", "executorch-int8", "openvino", "openvino-int8", "coreml")
+RECORDED_GRIDS = frozenset({"tflite-int8", "onnx-int8"})  # may use a quantized import's grids instead of images
+DETECTOR_FORMATS = ("tflite", "tflite-int8", "executorch", "executorch-int8", "openvino", "openvino-int8", "coreml")
 
 
 def _check_format(model: nn.Module, path: Path, format: str, calibration: torch.Tensor | None) -> None:
@@ -50,8 +54,9 @@ def _check_format(model: nn.Module, path: Path, format: str, calibration: torch.
     if path.suffix != SUFFIXES[format]:
         raise ValueError(f"format {format} writes a {SUFFIXES[format]} file; the output {path.name} says otherwise "
                          f"(name it {path.stem}{SUFFIXES[format]})")
-    if format in INT8 and calibration is None:
-        raise ValueError(f"format {format!r} needs calibration images")
+    if format in INT8 and calibration is None and not (format in RECORDED_GRIDS and _has_grids(model)):
+        raise ValueError(f"format {format!r} needs calibration images (--calib), unless the model is a quantized "
+                         "import carrying its grids")
     detector = is_detector(model)
     if detector and format not in DETECTOR_FORMATS:
         raise ValueError(f"a detector exports to {', '.join(DETECTOR_FORMATS)} here; to {format} with its "
@@ -60,6 +65,13 @@ def _check_format(model: nn.Module, path: Path, format: str, calibration: torch.
 
     if not detector and not isinstance(model, MobileNetV1):
         raise TypeError(f"export expects a MobileNetV1 or an SSD, got {type(model).__name__}")
+
+
+def _has_grids(model: nn.Module) -> bool:
+    from ..weights import weights_info
+
+    q = weights_info(model).quantization
+    return q is not None and bool(q.activations or q.ranges)
 
 
 def export(
@@ -105,6 +117,12 @@ def export(
         from .tflite import export_tflite
 
         return export_tflite(model, path, resolution=resolution, layout=layout, batch=batch)
+    if format == "tflite-int8":
+        from .tflite import export_tflite_int8
+
+        if resolution is not None and input_size(model, resolution) != input_size(model):
+            raise ValueError("tflite-int8 is written at the model's own input size")
+        return export_tflite_int8(model, path, calibration=calibration)
     if format.startswith("executorch"):
         from .executorch import export_executorch
 
@@ -159,6 +177,8 @@ def check(path: str | os.PathLike[str], model: nn.Module, x: torch.Tensor | None
         else:
             ref = model.eval()(x)
         out = predictor(x)
+    if predictor.metadata.get("outputs") == ["probabilities"]:  # a full-integer file ends in its softmax
+        ref = ref.softmax(dim=1)
     refs = ref if isinstance(ref, tuple) else (ref,)
     outs = out if isinstance(out, tuple) else (out,)
     if len(refs) != len(outs):

@@ -7,8 +7,14 @@ its network with box decoding (anchors baked in for the input size): outputs ``d
 normalised x1, y1, x2, y2 and ``logits (1, A, C + 1)``, as the ONNX network part; its post-processing runs
 in :mod:`mobilenet.runtimes.detector`.
 
+Full integer (``tflite-int8``, :func:`export_tflite_int8`): the graph of Google's quantized MobileNet v1 files,
+written by the TF Lite wing (:mod:`mobilenet.tflite.quantized`): uint8 pixels in, uint8 probabilities out, the
+grids of a quantization-aware trained import kept exactly (exporting Google's file imported gives back its
+uint8 outputs) or calibrated on images. litert-torch's own quantization path (PT2E with its quantizer) writes
+int8 per-channel graphs with float input and no control over the grids, so it reaches neither property.
+
 The metadata (:mod:`mobilenet.export.metadata`) goes into the model's ``metadata`` list as a ``"mobilenet"``
-entry (JSON bytes in a buffer), written with the schema object API that ``ai-edge-litert`` ships.
+entry (JSON bytes in a buffer), written by the TF Lite wing's writer (:mod:`mobilenet.tflite.writer`).
 """
 
 from __future__ import annotations
@@ -29,27 +35,10 @@ from ..checkpoint import atomic_write
 from ..deploy.static import static_model
 from ..runtimes.predictor import METADATA_KEY, require
 from ..runtimes.quiet import quiet_stderr
+from ..tflite.writer import add_metadata
 from .metadata import artifact_metadata, detector_network, input_size, is_detector
 
 LAYOUTS = ("NCHW", "NHWC")
-
-
-def add_metadata(flatbuffer: bytes, name: str, data: bytes) -> bytes:
-    """The ``.tflite`` bytes with a metadata entry ``name`` -> ``data`` (replacing one of that name)."""
-    schema = require("ai_edge_litert.schema_py_generated", "tflite", "tflite")
-    import flatbuffers
-
-    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
-    model.metadata = [m for m in (model.metadata or []) if (m.name or b"") not in (name, name.encode())]
-    buffer = schema.BufferT()
-    buffer.data = list(data)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name, entry.buffer = name, len(model.buffers) - 1
-    model.metadata.append(entry)
-    builder = flatbuffers.Builder(len(flatbuffer) + len(data) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 @contextlib.contextmanager
@@ -106,6 +95,39 @@ def export_tflite(
     meta = artifact_metadata(model, size=size, layout=layout,
                              outputs=["decoded", "logits"] if is_detector(model) else ["logits"])
     flat = add_metadata(flat, METADATA_KEY, json.dumps(meta).encode())
+    with atomic_write(path) as f:
+        f.write(flat)
+    return Path(path)
+
+
+def export_tflite_int8(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    calibration: torch.Tensor | None = None,
+    use_recorded: bool = True,
+) -> Path:
+    """Write a classifier or an SSD as a full-integer ``.tflite`` (uint8 pixels in; uint8 probabilities out, or
+    the four outputs of ``TFLite_Detection_PostProcess``; see the module docstring): on its recorded grids when it
+    is a quantized import (``use_recorded``), else calibrated on ``calibration`` images ``(N, C, H, W)``
+    normalised as the model takes them."""
+    from ..tflite import quantized
+
+    detector = is_detector(model)
+    grids = (quantized.ssd_grids if detector else quantized.classifier_grids)(model, calibration,
+                                                                              use_recorded=use_recorded)
+    how = {"dtype": "uint8", "scheme": "per-tensor uint8 (TF Lite 2018)", "grids": grids.source,
+           "input_folded": grids.fold_input}
+    if grids.source == "calibrated" and calibration is not None:
+        how["calibration_images"] = len(calibration)
+    extra: dict[str, Any] = {"outputs": ["probabilities"]}
+    if detector:
+        extra = {"outputs": ["boxes", "classes", "scores", "count"],
+                 "postprocess_op": quantized.postprocess_options(model)}
+    meta = artifact_metadata(model, size=input_size(model), layout="NHWC", input_dtype="uint8", quantization=how,
+                             **extra)
+    write = quantized.ssd_flatbuffer if detector else quantized.classifier_flatbuffer
+    flat = write(model, grids, metadata={METADATA_KEY: json.dumps(meta).encode()})
     with atomic_write(path) as f:
         f.write(flat)
     return Path(path)

@@ -1,0 +1,110 @@
+"""Full-integer TF Lite export (mobilenet.tflite.quantized, written by mobilenet.tflite.writer): Google's quantized
+classifier and COCO SSD, imported and exported again, give back the original files' outputs bit for bit in the
+interpreter; models without recorded grids are calibrated; the files carry their metadata and run in the runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mobilenet
+from mobilenet import runtimes
+from mobilenet.export import check, export
+from mobilenet.weights import WeightsInfo
+from tests.conftest import shared_file
+
+pytest.importorskip("ai_edge_litert")
+
+
+@pytest.mark.realdata
+def test_googles_quantized_classifier_round_trip_is_bit_exact(tmp_path):
+    from mobilenet.convert import import_model
+    from mobilenet.convert.parity import labelled_photos, photo_pixels
+    from mobilenet.tflite.format import read_tflite
+    from mobilenet.tflite.parity import tflite_outputs
+
+    src = shared_file("weights", "tflite", "mobilenet_v1_0.25_128_quant.tflite")
+    model = import_model(src)
+    path = export(model, tmp_path / "again.tflite", format="tflite-int8")  # no images: the recorded grids
+    photos = labelled_photos(shared_file("imagenet", "images"))
+    pixels = photo_pixels([p for p, _ in photos], runtimes.load(src).preprocessing)
+    np.testing.assert_array_equal(tflite_outputs(path, pixels), tflite_outputs(src, pixels))  # all 100 photos
+    ours, theirs = read_tflite(path), read_tflite(src)
+    assert ours.opcode_counts() == {k: v for k, v in theirs.opcode_counts().items()}
+    predictor = runtimes.load(path)
+    assert predictor.metadata["quantization"]["grids"] == "recorded" and predictor.input_dtype == "uint8"
+    assert predictor.class_names == runtimes.load(src).class_names
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_googles_coco_ssd_round_trip_is_bit_exact(tmp_path):
+    from mobilenet.detection.predict import list_images
+    from mobilenet.detection.runtime import RuntimeDetector
+    from mobilenet.tflite.parity import interpreter, load_pixels
+    from mobilenet.tflite.ssd import import_detect_tflite
+
+    src = shared_file("weights", "tflite", "detect.tflite")
+    model = import_detect_tflite(src)
+    path = export(model, tmp_path / "detect.tflite", format="tflite-int8")
+    ours, theirs = interpreter(path), interpreter(src)
+    images = list_images([shared_file("detection", "voc", "VOCdevkit"), shared_file("imagenet", "images")])
+    for p in images:  # 108 photos: the four outputs of TFLite_Detection_PostProcess, equal
+        pixels = load_pixels(p, (300, 300))[None]
+        outs = []
+        for it in (ours, theirs):
+            it.set_tensor(it.get_input_details()[0]["index"], pixels)
+            it.invoke()
+            outs.append([it.get_tensor(d["index"]).copy() for d in it.get_output_details()])
+        for a, b in zip(*outs, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=p.name)
+    det = runtimes.load(path)
+    assert det.task == "detect" and det.class_names[0] == "person"
+    assert RuntimeDetector(det).kind == "tflite_postprocess"
+
+
+def _tiny() -> mobilenet.MobileNetV1:
+    model = mobilenet.create_model("mobilenet_v1_025_128", preset="tf", resolution=64, num_classes=6).train()
+    with torch.no_grad():
+        model(torch.randn(16, 3, 64, 64))
+    model.eval()
+    model.weights_info = WeightsInfo(classes=[f"c{i}" for i in range(6)])
+    return model
+
+
+@pytest.mark.parametrize("preset", ["tf", "paper"])
+def test_calibrated_classifier(preset, tmp_path):
+    model = _tiny() if preset == "tf" else mobilenet.create_model("mobilenet_v1_025_128", resolution=64,
+                                                                  num_classes=6).eval()
+    x = torch.rand(16, 3, 64, 64) * 4 - 2  # normalised inputs whose pixels lie in 0..255
+    with pytest.raises(ValueError, match="calibration"):
+        export(model, tmp_path / "q.tflite", format="tflite-int8")
+    path = export(model, tmp_path / "q.tflite", format="tflite-int8", calibration=x)
+    result = check(path, model, x)  # probabilities of the uint8 file against the float model's softmax
+    assert result.top1_agreement >= 0.8 and result.max_abs_diff < 0.2, result
+    p = runtimes.load(path)
+    meta = p.metadata["quantization"]
+    assert meta["grids"] == "calibrated" and meta["input_folded"]  # ImageNet's per-channel mean/std: folded
+    assert (p.input_dtype, p.layout, p.output_names[-1]) == ("uint8", "NHWC", "probabilities")
+
+
+@pytest.mark.slow
+def test_calibrated_ssd_ends_in_the_post_processing_op(tmp_path):
+    from mobilenet.detection.runtime import RuntimeDetector
+    from mobilenet.detection.ssd import SSD, SSDConfig
+    from mobilenet.tflite.format import read_tflite
+
+    model = SSD(SSDConfig(num_classes=3, width_mult=0.25, image_size=(128, 128))).train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 128, 128))
+    model.eval()
+    x = torch.rand(8, 3, 128, 128) * 2 - 1
+    path = export(model, tmp_path / "ssd.tflite", format="tflite-int8", calibration=x)
+    counts = read_tflite(path).opcode_counts()
+    assert counts["TFLite_Detection_PostProcess"] == 1
+    assert counts.get("LOGISTIC" if model.config.postprocess.score_fn == "sigmoid" else "SOFTMAX") == 1
+    det = RuntimeDetector(runtimes.load(path))
+    dets = det.detect(x[:2])
+    assert len(dets) == 2 and all(d.boxes.shape[1] == 4 for d in dets)
+    assert det.predictor.metadata["postprocess_op"]["num_classes"] == 3
