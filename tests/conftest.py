@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,3 +53,40 @@ def banded_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "f
             arr[10 * c:10 * c + 10] += 150
             Image.fromarray(arr).save(root / name / f"{i}.png")
     return root
+
+
+def sigkill_after(path: Path, proc: Any, run: Path, timeout: float = 180.0) -> None:
+    """SIGKILL the training child ``proc`` once ``path`` (its first saved state) exists; check it died mid-run
+    (its latest state is step 3 or 4 of the 8-step runs the resume tests use)."""
+    import signal
+    import time
+
+    from mobilenet.train_state import latest_state
+
+    t0 = time.monotonic()
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"child exited early ({proc.returncode}): {proc.communicate()[1][-2000:]}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {path}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    state = latest_state(run)
+    assert state is not None and state.name in ("step-00000003", "step-00000004")  # killed mid-run
+
+
+def assert_resumed_as_uninterrupted(ref: dict, resumed: dict) -> None:
+    """A run killed and resumed ended as the uninterrupted one: same steps, bit-identical weights, same losses."""
+    from mobilenet.checkpoint import read
+
+    assert resumed["global_step"] == ref["global_step"] == 8
+    want, _ = read(ref["last"])
+    got, _ = read(resumed["last"])
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    # the per-epoch training metrics survive the kill too
+    assert [r["train_loss"] for r in resumed["history"]] == pytest.approx([r["train_loss"] for r in ref["history"]])

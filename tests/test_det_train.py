@@ -5,24 +5,22 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from mobilenet.checkpoint import read
 from mobilenet.detection import SSD, SSDConfig
 from mobilenet.detection.datasets import read_voc
 from mobilenet.detection.synthetic import SHAPE_CLASSES, make_shapes_voc
 from mobilenet.engine.detect import fit_detector, train_detector
 from mobilenet.recipe import DetectConfig, resolve
-from mobilenet.train_state import latest_state, list_states
+from mobilenet.train_state import list_states
 from mobilenet.weights import WeightsInfo
+from tests.conftest import assert_resumed_as_uninterrupted, sigkill_after
 
 QUIET = dict(device="cpu", tensorboard=False, curves=False)
 
@@ -103,22 +101,9 @@ def test_detect_train_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     proc = subprocess.Popen([sys.executable, str(tmp_path / "helper.py"), json.dumps({**common, "out": str(run)})],
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    t0 = time.monotonic()
-    while not (run / "states" / "step-00000003" / "state.json").exists():
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        assert time.monotonic() - t0 < 180, "timed out waiting for the first state"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert latest_state(run).name in ("step-00000003", "step-00000004")  # killed mid-run
+    sigkill_after(run / "states" / "step-00000003" / "state.json", proc, run)
     resumed = fit_detector(DetectConfig(**common, out=str(run), resume="auto"))
-    assert resumed["global_step"] == ref["global_step"] == 8
-    want, _ = read(ref["last"])
-    got, _ = read(resumed["last"])
-    assert want.keys() == got.keys()
-    for k in want:
-        assert torch.equal(want[k], got[k]), k
-    assert [r["train_loss"] for r in resumed["history"]] == pytest.approx([r["train_loss"] for r in ref["history"]])
+    assert_resumed_as_uninterrupted(ref, resumed)
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

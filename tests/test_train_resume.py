@@ -9,17 +9,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from mobilenet.checkpoint import read
 from mobilenet.cli import main
 from mobilenet.engine.classify import fit
 from mobilenet.recipe import TrainConfig
 from mobilenet.train_state import latest_state
-from tests.conftest import banded_image_folder
+from tests.conftest import assert_resumed_as_uninterrupted, banded_image_folder, sigkill_after
 
 # A dataset with random augmentation (noise + flip) and a model with dropout, so that exact
 # resume depends on per-sample seeding and on restored RNG states, not on luck.
@@ -70,18 +68,6 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    t0 = time.monotonic()
-    while not path.exists():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"child exited early ({proc.returncode}): {err[-2000:]}")
-        if time.monotonic() - t0 > timeout:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {path}")
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     import json
@@ -102,22 +88,9 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     proc = subprocess.Popen([sys.executable, str(tmp_path / "resume_helper.py"),
                              json.dumps({**common, "out": str(run)})],
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(run / "states" / "step-00000003" / "state.json", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    state = latest_state(run)
-    assert state is not None and state.name in ("step-00000003", "step-00000004")  # killed mid-run
-
+    sigkill_after(run / "states" / "step-00000003" / "state.json", proc, run)
     resumed = fit(TrainConfig(**common, out=str(run), resume="auto"), train_set=NoisyBands())
-    assert resumed["global_step"] == ref["global_step"] == 8
-    want, _ = read(ref["last"])
-    got, _ = read(resumed["last"])
-    assert want.keys() == got.keys()
-    for k in want:
-        assert torch.equal(want[k], got[k]), k
-    # the per-epoch training metrics survive the kill too
-    assert [r["train_loss"] for r in resumed["history"]] == pytest.approx([r["train_loss"] for r in ref["history"]])
+    assert_resumed_as_uninterrupted(ref, resumed)
 
 
 
