@@ -20,8 +20,10 @@ and int8; fp16/bf16, CUDA graphs), timed interleaved in one run.
 
 # mobilenet.deploy.bench.ALL_VARIANTS, not imported: that module loads torch, and `mobilenet --help` must not (a test
 # keeps the two equal)
-VARIANTS = ("eager", "folded", "channels_last", "compile", "int8", "onnxruntime", "onnxruntime-int8", "fp16", "bf16",
-            "compile-fp16", "cuda-graphs-fp16", "amp-fp16", "amp-bf16", "compile-amp-bf16")
+VARIANTS = ("eager", "folded", "channels_last", "compile", "int8", "onnxruntime", "onnxruntime-int8", "openvino",
+            "openvino-bf16", "openvino-int8", "openvino-int8-qdq", "tflite", "executorch", "executorch-int8",
+            "peer-openvino", "peer-tflite", "peer-timm", "peer-timm-compile", "fp16", "bf16", "compile-fp16",
+            "cuda-graphs-fp16", "amp-fp16", "amp-bf16", "compile-amp-bf16")
 
 
 def _csv(choices: tuple[str, ...]):
