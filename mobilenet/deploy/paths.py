@@ -118,12 +118,13 @@ def _torch_variant(model: MobileNetV1, path: DeployPath, calibration: torch.Tens
     elif variant == "compile":
         fn = _inference(torch.compile(fold_bn(model)), grad=True)
     elif variant == "int8":
-        from .quantize import model_metadata, quantize_ptq, quantized_engine, save_quantized
+        from ..export.metadata import artifact_metadata
+        from .quantize import quantize_ptq, quantized_engine, save_quantized
 
         images = calibration if calibration is not None else torch.randn(8, *_input(model))
         q = quantize_ptq(model, images)
         engine = q.quantized_engine
-        file = save_quantized(q, folder / "int8.pt", images[:1], metadata=model_metadata(model))
+        file = save_quantized(q, folder / "int8.pt", images[:1], metadata=artifact_metadata(model))
 
         def fn(x: torch.Tensor) -> Any:
             with quantized_engine(engine), torch.inference_mode():
