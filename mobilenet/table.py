@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import strict_json
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -30,7 +31,7 @@ class Table:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
         if fmt == "json":
-            return json.dumps({"caption": self.caption, "columns": self.columns,
+            return strict_json.dumps({"caption": self.caption, "columns": self.columns,
                                "rows": [dict(zip(self.columns, r, strict=True)) for r in self.rows],
                                "notes": self.notes}, indent=2)
         if fmt == "csv":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .. import strict_json
+
 NAME = "bench"
 HELP = "time every deployment path on this machine; --grid: latency/accuracy of the 16 variants and budgets"
 DESCRIPTION = """Time table of one model: device (cpu, cuda) x pass (forward, forward-backward) x variant
@@ -69,8 +71,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    import json
-
     from ..checkpoint import atomic_write
     from ..deploy.grid import format_grid, pick_for_budget, plot_grid, run_grid
 
@@ -81,7 +81,7 @@ def _grid(args: argparse.Namespace) -> int:
     payload = {"variant": args.grid_variant, "batch_size": args.batch_size, "rows": [r.to_dict() for r in rows],
                "budgets": budgets, "pick": pick.name if pick else None}
     if args.format == "json":
-        print(json.dumps(payload, indent=2))
+        print(strict_json.dumps(payload, indent=2))
     else:
         print(f"{args.grid_variant} latency at batch {args.batch_size} on this CPU, the 16 variants timed "
               f"interleaved; top-1 is TF-slim's published ImageNet accuracy; * = Pareto frontier\n")
@@ -98,7 +98,7 @@ def _grid(args: argparse.Namespace) -> int:
         print(f"plot: {plot_grid(rows, args.plot, title=title)}")
     if args.out:
         with atomic_write(args.out, "w") as f:
-            json.dump(payload, f, indent=2)
+            strict_json.dump(payload, f, indent=2)
     return 0
 
 
@@ -117,8 +117,6 @@ def _recommend(args: argparse.Namespace, model: object) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from ..checkpoint import atomic_write
     from ..deploy.bench import bench_file, format_result, num_threads, run_bench
     from ..deploy.loading import load_model
@@ -151,5 +149,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_result(result, args.format))
     if args.out:
         with atomic_write(args.out, "w") as f:
-            json.dump(result.to_dict(), f, indent=2)
+            strict_json.dump(result.to_dict(), f, indent=2)
     return 0

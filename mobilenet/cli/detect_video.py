@@ -13,9 +13,10 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from .. import strict_json
 
 DESCRIPTION = """Detect objects in every frame of a video file (mp4/mov/mkv/webm/avi), a folder of frames, a camera
 (0, /dev/video0) or a stream URL (rtsp://, http://). Writes to --out: the annotated video (same size and fps),
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         summary = detect_video(source, detector, out_video=video, out_jsonl=out / "detections.jsonl",
                                score_threshold=args.score_threshold, temporal=temporal, compare=args.compare,
                                max_frames=args.max_frames, progress=not args.no_progress)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "summary.json").write_text(strict_json.dumps(summary, indent=1) + "\n")
     if temporal is not None and not args.no_plot:
         try:
             from ..video.plot import plot_temporal

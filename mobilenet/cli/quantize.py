@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .. import strict_json
+
 NAME = "quantize"
 HELP = "int8 quantization (PTQ, or --qat fine-tuning) with size/latency/accuracy before and after"
 DESCRIPTION = """int8 post-training static quantization with per-channel weights, calibrated on N images.
@@ -46,7 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from ..checkpoint import atomic_write
@@ -75,5 +76,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"top-1 agreement int8 vs fp32: {r['top1_agreement']:.1f}% of {r['images']} images")
     if args.json:
         with atomic_write(args.json, "w") as f:
-            json.dump(r, f, indent=2)
+            strict_json.dump(r, f, indent=2)
     return 0

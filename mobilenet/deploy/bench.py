@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import platform
 import statistics
 import tempfile
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .. import strict_json
 from ..model import MobileNetV1
 from .fold import fold_bn
 
@@ -476,7 +476,7 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str)
 def format_result(result: BenchResult, fmt: str = "table") -> str:
     """The time table as ``table`` (aligned text), ``markdown`` or ``json``, with environment and recommendation."""
     if fmt == "json":
-        return json.dumps(result.to_dict(), indent=2)
+        return strict_json.dumps(result.to_dict(), indent=2)
     if fmt not in ("table", "markdown"):
         raise ValueError(f"format must be table, markdown or json, got {fmt!r}")
     env = result.environment

@@ -15,7 +15,6 @@ one process (the same batch and threads for all), and scored on held-out images.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .. import strict_json
 from ..model import MobileNetV1
 from .bench import _percentile, environment, render_table, time_interleaved
 from .paths import OURS, PATHS, Unavailable, build
@@ -188,7 +188,7 @@ def _choose(candidates: list[Candidate], tolerance: float, min_agreement: float,
 def format_recommendation(rec: Recommendation, fmt: str = "table") -> str:
     """The candidates table (fastest first) and the choice, as text or markdown; ``json`` for the whole record."""
     if fmt == "json":
-        return json.dumps(rec.to_dict(), indent=2)
+        return strict_json.dumps(rec.to_dict(), indent=2)
     header = ("path", "precision", "median ms", "p10 ms", "p90 ms", "top-1 %", "agree %", "verdict")
     rows = [[c.name, c.precision, f"{c.median_ms:.3f}", f"{c.p10_ms:.3f}", f"{c.p90_ms:.3f}",
              "-" if c.top1 is None else f"{c.top1:.1f}", f"{c.agreement:.1f}", c.verdict]
@@ -223,5 +223,5 @@ def write_choice(rec: Recommendation, model: MobileNetV1, folder: str | os.PathL
         dest = folder / f"{name}.safetensors"
         save(model if name == "eager" else fold_bn(model), dest)
     with atomic_write(folder / "target.json", "w") as f:
-        json.dump({**rec.to_dict(), "written": str(dest)}, f, indent=2)
+        strict_json.dump({**rec.to_dict(), "written": str(dest)}, f, indent=2)
     return dest

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +15,11 @@ from ..table import Table
 from ..weights import weights_info
 from .augment import EvalTransform, collate
 from .datasets import DetectionDataset
+from .labels import class_index
 from .metrics import coco_evaluate, kitti_evaluate, voc_evaluate
 from .postprocess import PostprocessConfig
 
 METRICS = ("voc", "voc07", "kitti", "coco")
-# Pascal VOC names of classes COCO (and TF Lite's labelmap) spells differently.
-VOC_TO_COCO = {"aeroplane": "airplane", "motorbike": "motorcycle", "sofa": "couch", "tvmonitor": "tv",
-               "diningtable": "dining table", "pottedplant": "potted plant"}
 
 
 class _LeaveOutUnreadable(torch.utils.data.Dataset):
@@ -88,25 +86,31 @@ def _predict(model: Any, dataset: DetectionDataset, *, batch_size: int, device: 
 
 
 def remap_labels(detections: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], model_names: Sequence[str],
-                 dataset_names: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Re-index detections from the model's classes to the dataset's by name; other classes are dropped.
+                 dataset_names: Sequence[str], label_map: Mapping[str, str] | None = None
+                 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Re-index detections from the model's classes to the dataset's by name (``labels.class_index``: the label
+    map, the same name in any case, VOC's spellings of COCO's classes); other classes are dropped.
 
-    Lets a detector be scored on a dataset with a different class list (e.g. the COCO SSD on VOC,
-    over the classes whose names agree, VOC's spellings mapped to COCO's by ``VOC_TO_COCO``).
-    ValueError when no name is shared.
+    Lets a detector be scored on a dataset with a different class list (e.g. the COCO SSD on VOC, over the
+    classes whose names agree). ValueError when no name is shared.
     """
-    index = {n: i for i, n in enumerate(dataset_names)}
-    index.update({VOC_TO_COCO[n]: i for i, n in enumerate(dataset_names) if n in VOC_TO_COCO})
-    table = torch.tensor([index.get(n, -1) for n in model_names], dtype=torch.long)
+    table = torch.tensor(class_index(model_names, dataset_names, label_map), dtype=torch.long)
     if (table < 0).all():
         raise ValueError(f"the model's classes ({', '.join(model_names[:5])}, ...) share no name with the dataset's "
-                         f"({', '.join(dataset_names[:5])}, ...)")
+                         f"({', '.join(dataset_names[:5])}, ...): map them with --label-map")
     out = []
     for boxes, scores, labels in detections:
         new = table[labels]
         keep = new >= 0
         out.append((boxes[keep], scores[keep], new[keep]))
     return out
+
+
+def matched_classes(names: Sequence[str], dataset_names: Sequence[str],
+                    label_map: Mapping[str, str] | None = None) -> dict[str, str]:
+    """{name: the dataset class it is scored as} for the names that match one (what a result reports)."""
+    return {n: dataset_names[i] for n, i in zip(names, class_index(names, dataset_names, label_map), strict=True)
+            if i >= 0}
 
 
 def score_detections(detections: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -128,9 +132,11 @@ def score_detections(detections: Sequence[tuple[torch.Tensor, torch.Tensor, torc
 
 
 def evaluate_detector(model: Any, dataset: DetectionDataset, *, metric: str = "voc", batch_size: int = 8,
-                      device: str | torch.device = "cpu", workers: int = 0, progress: bool = False) -> dict[str, Any]:
+                      device: str | torch.device = "cpu", workers: int = 0, progress: bool = False,
+                      label_map: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Predict then score: the metric dict of ``score_detections``. A model whose saved class names
-    differ from the dataset's is scored on the classes the two share by name (``remap_labels``).
+    differ from the dataset's is scored on the classes the two share by name (``remap_labels``, with
+    ``label_map``), and the result says which under ``"class_map"``.
 
     Images that cannot be decoded are left out of the score (their ground truth too, so they count neither as
     missed nor as found) and listed in ``"skipped"`` as ``{"image", "reason"}``.
@@ -144,23 +150,44 @@ def evaluate_detector(model: Any, dataset: DetectionDataset, *, metric: str = "v
     dets = [d for d in found if d is not None]
     scored = dataset.subset(readable) if skipped else dataset
     names = weights_info(model).classes
-    if names and list(names) != list(dataset.class_names):
-        dets = remap_labels(dets, names, dataset.class_names)
-    return {**score_detections(dets, scored, metric), "skipped": skipped}
+    mapped = {}
+    if names and (list(names) != list(dataset.class_names) or label_map):
+        dets = remap_labels(dets, names, dataset.class_names, label_map)
+        mapped = {"class_map": matched_classes(names, dataset.class_names, label_map)}
+    return {**score_detections(dets, scored, metric), **mapped, "skipped": skipped}
 
 
-def score_predictions(path: str | Path, dataset: DetectionDataset, metric: str = "voc") -> dict[str, Any]:
+def score_predictions(path: str | Path, dataset: DetectionDataset, metric: str = "voc",
+                      label_map: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Score the JSON ``detect predict`` wrote (``path``) on ``dataset``: the metric dict of ``score_detections``.
 
-    Images without detections in the file count as having none; a file matching no image is an error.
+    Labels are matched to the dataset's classes as a model's are (``labels.class_index``: ``label_map``, any case,
+    VOC's spellings of COCO's classes); detections of other classes are left out, and ``"class_map"`` says which
+    labels were scored as what. Images without detections in the file count as having none; a file matching no
+    image is an error.
     """
     from .predict import read_predictions
 
-    preds = read_predictions(path, dataset.class_names)
+    seen: dict[str, int] = {}
+    preds = read_predictions(path, dataset.class_names, label_map=label_map, seen=seen)
     empty = (torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
     if not any(a.image_path.stem in preds for a in dataset.annotations):
         raise ValueError(f"{path} has no detections for any image of the dataset")
-    return score_detections([preds.get(a.image_path.stem, empty) for a in dataset.annotations], dataset, metric)
+    result = score_detections([preds.get(a.image_path.stem, empty) for a in dataset.annotations], dataset, metric)
+    class_map = {label: dataset.class_names[i] for label, i in sorted(seen.items()) if i >= 0}
+    if len(class_map) < len(seen) or any(k != v for k, v in class_map.items()):
+        result["class_map"] = class_map  # not every label is a dataset class of the same name: say which are
+    return result
+
+
+def class_map_line(result: dict[str, Any]) -> str | None:
+    """One line on how classes were matched by name, when they were (``class_map`` of a result), else None."""
+    class_map = result.get("class_map")
+    if class_map is None:
+        return None
+    renamed = [f"{k} as {v}" for k, v in class_map.items() if k != v]
+    return (f"scored by class name: {len(class_map)} classes" + (f" ({', '.join(renamed)})" if renamed else "")
+            + "; the others are not classes of the dataset (--label-map NAME=DATASET_NAME maps them)")
 
 
 def metrics_table(result: dict[str, Any]) -> Table:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from ..weights import weights_info
 from .augment import resize_input
 from .boxes import clip_boxes
 from .draw import draw_detections
+from .labels import class_index
 from .ssd import SSD
 
 
@@ -123,11 +124,15 @@ def write_outputs(results: list[dict[str, Any]], out_dir: str | os.PathLike[str]
     return pictures
 
 
-def read_predictions(path: str | os.PathLike[str], class_names: Sequence[str]
+def read_predictions(path: str | os.PathLike[str], class_names: Sequence[str], *,
+                     label_map: Mapping[str, str] | None = None, seen: dict[str, int] | None = None
                      ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Load the JSON ``detect predict`` writes -> {image file name stem: (boxes, scores, labels)}.
 
-    Labels are matched by name to ``class_names``; an unknown name is an error naming it.
+    Labels are matched to ``class_names`` as a detector's classes are (``labels.class_index``: ``label_map``,
+    the same name in any case, VOC's spellings of COCO's classes); detections of other labels are left out, and
+    ``seen`` (when given) receives every label with the class index it got (-1: left out). A file whose labels
+    match no class at all is an error naming them.
     """
     path = Path(path)
     try:
@@ -136,7 +141,7 @@ def read_predictions(path: str | os.PathLike[str], class_names: Sequence[str]
         raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of per-image results as `mobilenet detect predict` writes")
-    index = {n: i for i, n in enumerate(class_names)}
+    index: dict[str, int] = {}
     out = {}
     for k, r in enumerate(data):
         where = f"{path}: entry {k}"
@@ -159,11 +164,17 @@ def read_predictions(path: str | os.PathLike[str], class_names: Sequence[str]
                 raise ValueError(f"{where} ({r['image']}): detection {j} needs 4 finite box numbers and a finite "
                                  "score")
             if label not in index:
-                raise ValueError(f"{path}: {r['image']}: label {label!r} is not a class of the dataset "
-                                 f"({', '.join(class_names)})")
+                index[label] = class_index([str(label)], class_names, label_map)[0]
+            if index[label] < 0:  # a class the dataset does not have (COCO's "cup" on VOC): not scored
+                continue
             boxes.append(box)
             scores.append(score)
             labels.append(index[label])
         out[Path(r["image"]).stem] = (torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                                       torch.tensor(scores, dtype=torch.float32), torch.tensor(labels, dtype=torch.long))
+    if index and max(index.values()) < 0:
+        raise ValueError(f"{path}: its labels ({', '.join(sorted(map(str, index))[:5])}) are no class of the dataset "
+                         f"({', '.join(class_names)}): map them with --label-map")
+    if seen is not None:
+        seen.update(index)
     return out

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import strict_json
 from ..checkpoint import atomic_write, save
 from ..distributed import (
     DistInfo,
@@ -158,7 +159,7 @@ def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     # Rewritten whole from the saved history so a resumed run never duplicates or loses a row.
     with atomic_write(run_dir / METRICS_FILE, "w") as f:
         for row in history:
-            f.write(json.dumps(row) + "\n")
+            f.write(strict_json.dumps(row) + "\n")
 
 
 def _tensorboard(run_dir: Path, enabled: bool) -> Any:

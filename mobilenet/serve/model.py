@@ -9,7 +9,6 @@ batch of PIL images; ``format(raw, ...)`` turns one image's raw output into the 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import strict_json
 from ..detection.boxes import clip_boxes
 from ..detection.postprocess import Detections
 
@@ -151,4 +151,4 @@ def describe(model: ServedModel) -> str:
 
 
 def to_json(obj: Any) -> bytes:
-    return json.dumps(obj).encode()
+    return strict_json.dumps(obj).encode()

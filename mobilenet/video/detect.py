@@ -8,7 +8,6 @@ IoU >= 0.5, and the reverse). Timings interleave the two per frame, so a busy ma
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .. import strict_json
 from ..checkpoint import atomic_write
 from ..detection.boxes import clip_boxes
 from ..detection.draw import draw_detections
@@ -130,7 +130,7 @@ def detect_video(
                 if writer is not None:
                     writer.write(_draw(frame.rgb, record["detections"]))
                 if lines is not None:
-                    lines.write(json.dumps(record) + "\n")
+                    lines.write(strict_json.dumps(record) + "\n")
                 if on_frame is not None:
                     on_frame(record)
                 frames += 1

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from ... import strict_json
 from .weights import WEIGHTS, add_runtime_flags
 
 
@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--weights", help=WEIGHTS)
     src.add_argument("--predictions", help="detections JSON from `detect predict --format json` / detections.json")
+    e.add_argument("--label-map", metavar="MAP", help="how the detector's (or the predictions') class names map to the "
+                   "dataset's: NAME=DATASET_NAME pairs, comma-separated, or a JSON file (default: the same names in "
+                   "any case, and VOC's spellings of COCO's classes)")
     e.add_argument("--metric", choices=("voc", "voc07", "kitti", "coco"))
     e.add_argument("--batch-size", type=int, default=8)
     add_runtime_flags(e)
@@ -31,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...detection.evaluate import evaluate_detector, metrics_table, score_predictions
+    from ...detection.evaluate import class_map_line, evaluate_detector, metrics_table, score_predictions
+    from ...detection.labels import parse_label_map
     from ...engine.detect import read_split
     from ...recipe import DetectConfig
     from ...runtimes import describe
@@ -42,15 +46,18 @@ def run(args: argparse.Namespace) -> int:
                        val_fraction=args.val_fraction, seed=args.seed, metric=args.metric)
     ds = read_split(cfg, args.split)
     print_problems({args.split: ds.problems}, args.data)
+    label_map = parse_label_map(args.label_map)
     if args.predictions:
-        r = score_predictions(args.predictions, ds, cfg.metric)  # type: ignore[arg-type]
+        r = score_predictions(args.predictions, ds, cfg.metric, label_map)  # type: ignore[arg-type]
     else:
         model, device = load(args)
         r = evaluate_detector(model, ds, metric=cfg.metric,  # type: ignore[arg-type]
-                              batch_size=args.batch_size, device=device, progress=True)
+                              batch_size=args.batch_size, device=device, progress=True, label_map=label_map)
         r["runtime"] = describe(model)
+    if (line := class_map_line(r)) is not None:
+        print(line)
     print(metrics_table(r).render("table"))
     print(f"{r['metric']} mAP: {r['map']:.4f}")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(r, indent=1))
+        Path(args.json_out).write_text(strict_json.dumps(r, indent=1))
     return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from ... import strict_json
 from .weights import WEIGHTS, add_runtime_flags
 
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         pictures = write_outputs(results, args.out)
         print(f"wrote {len(pictures)} picture(s) and detections.json to {args.out}", file=sys.stderr)
     if args.format == "json":
-        print(json.dumps(results, indent=1))
+        print(strict_json.dumps(results, indent=1))
         return 0
     for r in results:
         if "error" in r:  # an unreadable image: reported, never replaced by another
