@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from .dwpw import output_size
+from .taps import load_tap, window
 
 _NOSPEC = ["M", "H", "W", "Ho", "Wo", "stride", "pad_t", "pad_l"]
 
@@ -30,20 +31,11 @@ def _forward_kernel(x_ptr, w_ptr, y_ptr, M, H, W, Ho, Wo, C, stride, pad_t, pad_
     rc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     m_ok = rm < M
     c_ok = rc < C
-    img = rm // (Ho * Wo)
-    rest = rm % (Ho * Wo)
-    ih0 = (rest // Wo) * stride - pad_t
-    iw0 = (rest % Wo) * stride - pad_l
-    row0 = img.to(tl.int64) * H
+    row0, ih0, iw0 = window(rm, H, Ho, Wo, stride, pad_t, pad_l)
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
     for kh in tl.static_range(3):
-        ih = ih0 + kh
-        h_ok = m_ok & (ih >= 0) & (ih < H)
         for kw in tl.static_range(3):
-            iw = iw0 + kw
-            ok = h_ok & (iw >= 0) & (iw < W)
-            pixel = ((row0 + ih) * W + iw) * C
-            xv = tl.load(x_ptr + pixel[:, None] + rc[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
+            xv = load_tap(x_ptr, row0, ih0 + kh, iw0 + kw, H, W, C, m_ok, rc, c_ok)
             wv = tl.load(w_ptr + rc * 9 + (kh * 3 + kw), mask=c_ok, other=0.0)
             acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
     out = rm.to(tl.int64)[:, None] * C + rc[None, :]
@@ -92,21 +84,12 @@ def _weight_grad_kernel(x_ptr, dy_ptr, part_ptr, M, H, W, Ho, Wo, C, stride, pad
     for start in range(lo, hi, BLOCK_M):
         rm = start + tl.arange(0, BLOCK_M)
         m_ok = rm < hi
-        img = rm // (Ho * Wo)
-        rest = rm % (Ho * Wo)
-        ih0 = (rest // Wo) * stride - pad_t
-        iw0 = (rest % Wo) * stride - pad_l
-        row0 = img.to(tl.int64) * H
+        row0, ih0, iw0 = window(rm, H, Ho, Wo, stride, pad_t, pad_l)
         g = tl.load(dy_ptr + rm.to(tl.int64)[:, None] * C + rc[None, :], mask=m_ok[:, None] & c_ok[None, :],
                     other=0.0).to(tl.float32)
         for kh in tl.static_range(3):
-            ih = ih0 + kh
-            h_ok = m_ok & (ih >= 0) & (ih < H)
             for kw in tl.static_range(3):
-                iw = iw0 + kw
-                ok = h_ok & (iw >= 0) & (iw < W)
-                pixel = ((row0 + ih) * W + iw) * C
-                xv = tl.load(x_ptr + pixel[:, None] + rc[None, :], mask=ok[:, None] & c_ok[None, :], other=0.0)
+                xv = load_tap(x_ptr, row0, ih0 + kh, iw0 + kw, H, W, C, m_ok, rc, c_ok)
                 s = tl.sum(g * xv.to(tl.float32), axis=0)  # (BLOCK_C,)
                 acc += tl.where(taps[:, None] == kh * 3 + kw, s[None, :], 0.0)
     out = (chunk * 9 + taps).to(tl.int64)[:, None] * C + rc[None, :]
@@ -121,26 +104,29 @@ def _blocks(c: int) -> int:
     return max(16, min(BLOCK_C, triton.next_power_of_2(c)))
 
 
+def _per_pixel(kernel, src: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, pixels: int,
+               x_shape: torch.Size, y_shape: torch.Size, stride: int, pads: tuple[int, int, int, int]) -> torch.Tensor:
+    """Launch a kernel that writes ``out`` tile by tile over ``pixels`` x channels (forward, input gradient)."""
+    (_, c, h, w), (ho, wo) = x_shape, y_shape[-2:]
+    bc = _blocks(c)
+    kernel[(triton.cdiv(pixels, BLOCK_M), triton.cdiv(c, bc))](
+        src, weight, out, pixels, h, w, ho, wo, c, stride, pads[0], pads[1], BLOCK_M=BLOCK_M, BLOCK_C=bc,
+        num_warps=WARPS)
+    return out
+
+
 def depthwise_forward(x: torch.Tensor, weight: torch.Tensor, stride: int,
                       pads: tuple[int, int, int, int]) -> torch.Tensor:
     n, c, h, w = x.shape
     ho, wo = output_size(h, stride, pads[0], pads[2]), output_size(w, stride, pads[1], pads[3])
     y = torch.empty((n, c, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
-    m, bc = n * ho * wo, _blocks(c)
-    _forward_kernel[(triton.cdiv(m, BLOCK_M), triton.cdiv(c, bc))](
-        x, weight, y, m, h, w, ho, wo, c, stride, pads[0], pads[1], BLOCK_M=BLOCK_M, BLOCK_C=bc, num_warps=WARPS)
-    return y
+    return _per_pixel(_forward_kernel, x, weight, y, n * ho * wo, x.shape, y.shape, stride, pads)
 
 
 def depthwise_input_grad(dy: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, stride: int,
                          pads: tuple[int, int, int, int]) -> torch.Tensor:
-    n, c, h, w = x.shape
-    ho, wo = dy.shape[-2:]
-    dx = torch.empty((n, c, h, w), device=dy.device, dtype=x.dtype, memory_format=torch.channels_last)
-    m, bc = n * h * w, _blocks(c)
-    _input_grad_kernel[(triton.cdiv(m, BLOCK_M), triton.cdiv(c, bc))](
-        dy, weight, dx, m, h, w, ho, wo, c, stride, pads[0], pads[1], BLOCK_M=BLOCK_M, BLOCK_C=bc, num_warps=WARPS)
-    return dx
+    dx = torch.empty_like(x, memory_format=torch.channels_last)
+    return _per_pixel(_input_grad_kernel, dy, weight, dx, x.numel() // x.shape[1], x.shape, dy.shape, stride, pads)
 
 
 def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, stride: int,

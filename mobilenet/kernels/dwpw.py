@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from . import interpreting
+from .taps import load_tap, window
 
 
 @triton.jit(do_not_specialize=["M", "H", "W", "Ho", "Wo", "stride", "pad_t", "pad_l"])
@@ -38,24 +39,15 @@ def _dwpw_kernel(
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels
     m_ok = rm < M
     n_ok = rn < COUT
-    img = rm // (Ho * Wo)
-    rest = rm % (Ho * Wo)
-    ih0 = (rest // Wo) * stride - pad_t
-    iw0 = (rest % Wo) * stride - pad_l
-    row0 = img.to(tl.int64) * H
+    row0, ih0, iw0 = window(rm, H, Ho, Wo, stride, pad_t, pad_l)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, C, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         k_ok = rk < C
         d = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
         for kh in tl.static_range(3):
-            ih = ih0 + kh
-            h_ok = m_ok & (ih >= 0) & (ih < H)
             for kw in tl.static_range(3):
-                iw = iw0 + kw
-                ok = h_ok & (iw >= 0) & (iw < W)
-                pixel = ((row0 + ih) * W + iw) * C  # NHWC offset of the tap's pixel
-                xv = tl.load(x_ptr + pixel[:, None] + rk[None, :], mask=ok[:, None] & k_ok[None, :], other=0.0)
+                xv = load_tap(x_ptr, row0, ih0 + kh, iw0 + kw, H, W, C, m_ok, rk, k_ok)
                 wv = tl.load(wd_ptr + rk * 9 + (kh * 3 + kw), mask=k_ok, other=0.0)  # w_dw is (C, 1, 3, 3)
                 d += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
         d = tl.maximum(d + tl.load(bd_ptr + rk, mask=k_ok, other=0.0).to(tl.float32)[None, :], 0.0)
