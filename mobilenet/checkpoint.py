@@ -129,6 +129,20 @@ def clean_stale_temporaries(folder: str | os.PathLike[str], *, recursive: bool =
     return removed
 
 
+def make_folder(folder: str | os.PathLike[str], what: str = "") -> Path:
+    """``mkdir -p`` with one clear error when the folder, or a folder above it, is an existing file (instead of
+    ``[Errno 17] File exists``)."""
+    folder = Path(folder)
+    for q in (folder, *folder.parents):
+        if q.exists():
+            if not q.is_dir():
+                prefix = f"{what}: " if what else ""
+                raise NotADirectoryError(f"{prefix}{q} is a file, not a folder")
+            break
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
@@ -136,7 +150,9 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
     The file ends with ``path``'s previous mode, or ``0666`` minus the umask for a new file (``mkstemp``'s
     private ``0600`` would otherwise leak into every weights file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give a file name to write")
+    make_folder(path.parent, f"cannot write {path}")
     try:
         final_mode = path.stat().st_mode & 0o7777
     except FileNotFoundError:

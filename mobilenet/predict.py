@@ -92,8 +92,8 @@ def require_classifier(model: nn.Module, source: str = "the model") -> None:
         raise ValueError(f"{source} is an object detector ({type(model).__name__}), not an image classifier: "
                          "use `mobilenet detect`")
     if getattr(model, "num_classes", None) == 0:
-        raise ValueError(f"{source}: this model has no classifier (a backbone whose outputs are features): "
-                         "use embed")
+        raise ValueError(f"{source}: this model has no classifier: use embed (it is a backbone: its outputs are "
+                         "features, not class scores)")
 
 
 @torch.no_grad()

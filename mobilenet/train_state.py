@@ -52,6 +52,7 @@ from .checkpoint import (
     atomic_write,
     clean_stale_temporaries,
     load_state_strict,
+    make_folder,
     read,
     save,
     writer_tag,
@@ -165,8 +166,7 @@ def save_state(
     keep_last: int = 2,
 ) -> Path:
     """Write one complete state folder atomically, then prune old states (keeping the best)."""
-    root = Path(run_dir) / STATES_DIR
-    root.mkdir(parents=True, exist_ok=True)
+    root = make_folder(Path(run_dir) / STATES_DIR, "run folder")
     with signals_held():
         clean_stale_temporaries(run_dir)
         clean_stale_temporaries(root, recursive=True)
@@ -360,7 +360,7 @@ class RunLock:
 
         self.path = Path(run_dir) / LOCK_FILE
         self._file = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(run_dir, "run folder")
         key = self.path.resolve()
         if key in _HELD:
             raise RunFolderLocked(f"{self.path.parent} is in use by {_describe(_HELD[key])} (this process): "

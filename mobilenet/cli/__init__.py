@@ -81,8 +81,8 @@ def float_in(low: float | None = None, high: float | None = None, *, low_open: b
              high_open: bool = False) -> Callable[[str], float]:
     """argparse ``type=``: a finite number in the given range (``None``: unbounded on that side); ``nan``
     and ``inf`` are always refused."""
-    left = "(" if low_open else "["
-    right = ")" if high_open else "]"
+    left = "(" if low_open or low is None else "["
+    right = ")" if high_open or high is None else "]"
     shown = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
 
     def parse(text: str) -> float:

@@ -7,6 +7,8 @@ import argparse
 import json
 from typing import Any
 
+from . import int_at_least, non_negative_int, positive_float, positive_int
+
 NAME = "profile"
 HELP = "count parameters, BN statistics, MACs and activation memory (per layer, grid, paper tables)"
 DESCRIPTION = """\
@@ -26,15 +28,15 @@ DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", help="a named variant, e.g. mobilenet_v1_075_160 (`mobilenet models`)")
     g = p.add_argument_group("model (override the named variant, or build one)")
-    g.add_argument("--width-mult", type=float, help="width multiplier alpha (> 0)")
-    g.add_argument("--resolution", type=int, help="input size in pixels (>= 32)")
-    g.add_argument("--num-classes", type=int, help="classifier outputs (slim: 1001); 0: no classifier")
+    g.add_argument("--width-mult", type=positive_float, help="width multiplier alpha (> 0)")
+    g.add_argument("--resolution", type=int_at_least(32), help="input size in pixels (>= 32)")
+    g.add_argument("--num-classes", type=non_negative_int, help="classifier outputs (slim: 1001); 0: no classifier")
     g.add_argument("--preset", choices=("paper", "tf", "timm"),
                    help="paper (ReLU, Linear head), tf (slim/Keras) or timm (ReLU6, symmetric padding)")
     g.add_argument("--conv-type", choices=("separable", "full"), help="full: Table 4's Conv MobileNet")
     g.add_argument("--shallow", action="store_true", default=None, help="Table 5's shallow MobileNet")
     g.add_argument("--stem-stride", type=int, choices=(1, 2), help="1 keeps resolution for small images")
-    g.add_argument("--in-chans", type=int, help="input channels (default 3)")
+    g.add_argument("--in-chans", type=positive_int, help="input channels (default 3)")
     o = p.add_argument_group("what to print")
     o.add_argument("--per-layer", action="store_true", help="one row per conv / BN / pool / FC layer")
     o.add_argument("--grid", action="store_true",
@@ -43,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--compare", action="store_true", help="published numbers beside ours")
     o.add_argument("--params", choices=("weights", "learnable", "total", "slim"), default=None,
                    help="which parameters the grid's params column sums (default: slim with --grid)")
-    o.add_argument("--batch", type=int, default=1, help="batch size for MACs and activations (default 1)")
+    o.add_argument("--batch", type=positive_int, default=1, help="batch size for MACs and activations (default 1)")
     o.add_argument("--dtype", choices=DTYPES, default="float32", help="bytes per activation (default float32)")
     o.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
 

@@ -1,0 +1,391 @@
+"""A new user's bad inputs, across every command and every kind of input: each one ends in exactly one line on
+stderr and exit code 2 (never a traceback), or in a correct result.
+
+The table is run in-process (``mobilenet.cli.main``), so it is fast; argparse errors surface as SystemExit(2),
+as they do for a user. Placeholders in ``{braces}`` name the files of the ``files`` fixture: good and broken
+weights of every kind, images that are truncated, empty, not images, data folders and archives.
+Cases whose fix belongs to another module's owner are marked ``xfail(strict=True)`` with the reason, so they
+turn into failures (and get unmarked) the moment they are fixed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import save_file
+
+from mobilenet.checkpoint import save
+from mobilenet.cli import main
+from mobilenet.model import MobileNetV1
+from mobilenet.preprocessing import Preprocessing
+from tests.conftest import banded_image_folder
+
+RNG = np.random.default_rng(0)
+
+
+def _jpeg(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("bad_inputs")
+    pre = Preprocessing(resolution=32, crop_fraction=1.0)
+    w = save(MobileNetV1(width_mult=0.25, resolution=32, num_classes=3), root / "w.safetensors",
+             class_names=["cat", "dog", "fox"], preprocessing=pre)
+    backbone = save(MobileNetV1(width_mult=0.25, resolution=32, num_classes=0), root / "backbone.safetensors")
+    from mobilenet.detection.ssd import build_ssd
+
+    detector = save(build_ssd({"num_classes": 2, "width_mult": 0.25, "image_size": [96, 96]}),
+                    root / "ssd.safetensors", class_names=["cat", "dog"])
+    (root / "garbage.safetensors").write_bytes(RNG.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    (root / "truncated.safetensors").write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    (root / "empty.safetensors").write_bytes(b"")
+    save_file({"x": __import__("torch").zeros(2)}, str(root / "foreign.safetensors"))
+    data = banded_image_folder(root / "data")
+    photo = (RNG.random((64, 80, 3)) * 255).astype(np.uint8)
+    Image.fromarray(photo).save(root / "good.png")
+    (root / "cut.jpg").write_bytes(_jpeg(photo)[:1500] + b"\xff\xd9")  # cut short, end marker put back
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.jpg").write_text("<html>404</html>")
+    (root / "emptydir").mkdir()
+    (root / "textdir").mkdir()
+    (root / "textdir" / "a.txt").write_text("x")
+    (root / "afile").write_text("a file where a folder is expected")
+    (root / "bad.zip").write_bytes(b"PK\x03\x04 definitely not a zip")
+    (root / "bad.toml").write_text("lr = = 1\n")
+    (root / "unknown.toml").write_text("learning_rate = 0.1\n")
+    (root / "typed.toml").write_text('epochs = "ten"\n')
+    (root / "nan.toml").write_text("lr = nan\n")
+    allbad = root / "allbad"
+    for c in ("cat", "dog"):
+        (allbad / c).mkdir(parents=True)
+        (allbad / c / "cut.jpg").write_bytes(_jpeg(photo)[:1500] + b"\xff\xd9")
+    (root / "labels.txt").write_text("nothing.png 3\n")
+    evil = root / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        for member in ("../x/1.png", "/abs/2.png"):
+            zf.writestr(member, (root / "good.png").read_bytes())
+    voc = root / "VOC2007"
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (voc / d).mkdir(parents=True)
+    Image.fromarray(photo).save(voc / "JPEGImages" / "a.jpg")
+    (voc / "Annotations" / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><size><width>80</width><height>64</height></size><object>"
+        "<name>cat</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>40</xmax><ymax>40</ymax></bndbox></object>"
+        "</annotation>")
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("a\n")
+    (voc / "ImageSets" / "Main" / "trainval.txt").write_text("a\n")
+    (root / "preds_noimage.json").write_text(json.dumps([{"detections": []}]))
+    (root / "preds_notlist.json").write_text(json.dumps({"image": "x"}))
+    (root / "preds_bad.json").write_text("[{")
+    return {"root": str(root), "voc": str(voc), "w": str(w), "backbone": str(backbone), "ssd": str(detector),
+            "data": str(data),
+            **{k: str(root / v) for k, v in {
+                "garbage": "garbage.safetensors", "truncated": "truncated.safetensors",
+                "emptyw": "empty.safetensors", "foreign": "foreign.safetensors", "good": "good.png",
+                "cut": "cut.jpg", "emptyimg": "empty.jpg", "notes": "notes.jpg", "emptydir": "emptydir",
+                "textdir": "textdir", "afile": "afile", "badzip": "bad.zip", "badtoml": "bad.toml",
+                "unknowntoml": "unknown.toml", "typedtoml": "typed.toml", "nantoml": "nan.toml",
+                "allbad": "allbad", "labels": "labels.txt", "evil": "evil.zip",
+                "preds_noimage": "preds_noimage.json", "preds_notlist": "preds_notlist.json",
+                "preds_bad": "preds_bad.json", "missing": "no/such/file"}.items()}}
+
+
+def _xfail(reason: str):
+    return pytest.mark.xfail(strict=True, reason=reason)
+
+
+ARCH = "in the training/detection CLI and engine (arch's files): "
+# A run that is small enough to finish in seconds should a bad value slip through.
+TRAIN = ["train", "--data", "{data}", "--out", "{root}/run_x", "--epochs", "1", "--width-mult", "0.25",
+         "--resolution", "32", "--batch-size", "8", "--workers", "0", "--quiet", "--no-curves", "--no-tensorboard"]
+RUNTIMES = "in export/quantize/bench (runtimes' files): "
+
+# (argv, a phrase the one line must contain). Numbers: every numeric flag refuses nan, inf, a negative and
+# (where it must be positive) zero at parse time, naming the flag and the valid range.
+NUMERIC = [
+    # command prefix, flag, bad values
+    (["profile"], "--width-mult", ["nan", "inf", "0", "-1", "abc"]),
+    (["profile"], "--resolution", ["0", "-32", "1.5", "abc"]),
+    (["profile"], "--num-classes", ["-1", "x"]),
+    (["profile"], "--batch", ["0", "-1"]),
+    (["profile"], "--in-chans", ["0", "-3"]),
+    (["eval", "--weights", "{w}", "--data", "{data}"], "--batch-size", ["0", "-1", "nan", "abc"]),
+    (["eval", "--weights", "{w}", "--data", "{data}"], "--workers", ["-1", "x"]),
+    (["eval", "--weights", "{w}", "--data", "{data}"], "--threads", ["0", "-2"]),
+    (["predict", "{good}", "--weights", "{w}"], "--topk", ["0", "-1", "nan"]),
+    (["predict", "{good}", "--weights", "{w}"], "--batch-size", ["0", "-4"]),
+    (["predict", "{good}", "--weights", "{w}"], "--threads", ["0"]),
+    (TRAIN, "--lr", ["nan", "inf", "-1", "0"]),
+    (TRAIN, "--epochs", ["0", "-1"]),
+    (TRAIN, "--batch-size", ["0", "-8"]),
+    (TRAIN, "--workers", ["-1"]),
+    (TRAIN, "--weight-decay", ["nan", "-1"]),
+    (TRAIN, "--max-steps", ["-1"]),
+    (TRAIN, "--warmup-epochs", ["-1", "nan"]),
+    (TRAIN, "--label-smoothing", ["nan", "1.5", "-0.1"]),
+    (TRAIN, "--val-fraction", ["1.5", "-0.1", "nan"]),
+    (TRAIN, "--momentum", ["nan", "-1"]),
+    (TRAIN, "--width-mult", ["0", "inf", "nan"]),
+    (TRAIN, "--resolution", ["0", "-32"]),
+    (TRAIN, "--grad-clip", ["nan", "-1"]),
+    (TRAIN, "--dropout", ["1.5", "nan"]),
+    (["detect", "predict", "{good}", "--weights", "{ssd}"], "--score-threshold", ["nan", "2", "-0.5", "inf"]),
+    (["detect", "predict", "{good}", "--weights", "{ssd}"], "--batch-size", ["0", "-1"]),
+    (["detect", "eval", "--weights", "{ssd}", "--data", "{voc}", "--classes", "cat,dog"], "--batch-size", ["0"]),
+    (["detect", "train", "--data", "{root}", "--out", "{root}/det_x"], "--lr", ["nan", "inf", "0"]),
+    (["detect", "train", "--data", "{root}", "--out", "{root}/det_x"], "--epochs", ["0", "-1"]),
+    (["detect", "train", "--data", "{root}", "--out", "{root}/det_x"], "--batch-size", ["0"]),
+    (["detect", "export", "--weights", "{ssd}", "--out", "{root}/x.onnx"], "--score-threshold", ["nan", "1.5"]),
+    (["detect", "export", "--weights", "{ssd}", "--out", "{root}/x.onnx"], "--iou-threshold", ["nan", "-1"]),
+    (["quantize", "{w}", "-o", "{root}/q.pt", "--calib", "{data}"], "--threads", ["0", "-1"]),
+    (["quantize", "{w}", "-o", "{root}/q.pt", "--calib", "{data}"], "--num-calib", ["0", "-5"]),
+    (["quantize", "{w}", "-o", "{root}/q.pt", "--calib", "{data}"], "--repeats", ["0"]),
+    (["quantize", "{w}", "-o", "{root}/q.pt", "--calib", "{data}", "--qat", "--train", "{data}"], "--lr",
+     ["nan", "-1"]),
+    (["export", "{w}", "-o", "{root}/m.onnx"], "--resolution", ["0", "-1"]),
+    (["export", "{w}", "-o", "{root}/m.onnx"], "--opset", ["0", "-1"]),
+    (["bench", "{w}", "--device", "cpu"], "--threads", ["0", "-1"]),
+    (["bench", "{w}", "--device", "cpu"], "--repeats", ["0", "-1"]),
+    (["bench", "{w}", "--device", "cpu"], "--batch-size", ["0"]),
+    (["demo", "--out", "{root}/demo_x"], "--train-epochs", ["-1", "0"]),
+    (["demo", "--out", "{root}/demo_x"], "--train-threads", ["0", "-1"]),
+    (["convert", "{missing}"], "--width-mult", ["nan", "0", "-1"]),
+    (["convert", "{missing}"], "--resolution", ["0", "-1"]),
+]
+
+# Numeric flags whose validation belongs to another owner's module and is still missing.
+_LATE = "validated only after the images are loaded and calibrated (minutes on real data)"
+NUMERIC_XFAIL = {
+    **{("train", "--lr", v): ARCH + "a non-finite learning rate passes TrainConfig" for v in ("inf",)},
+    ("train", "--max-steps", "-1"): ARCH + "TrainConfig accepts a negative max_steps",
+    ("train", "--warmup-epochs", "-1"): ARCH + "TrainConfig accepts a negative warmup",
+    ("train", "--warmup-epochs", "nan"): ARCH + "a NaN warmup fails later as 'cannot convert float NaN to integer'",
+    ("train", "--weight-decay", "nan"): ARCH + "a NaN weight decay trains until the weights are NaN",
+    ("train", "--weight-decay", "-1"): ARCH + "a negative weight decay is accepted",
+    ("train", "--momentum", "nan"): ARCH + "a NaN momentum trains until the weights are NaN",
+    ("train", "--momentum", "-1"): ARCH + "a negative momentum fails in torch.optim, not at parse time",
+    ("train", "--width-mult", "inf"): ARCH + "an infinite width multiplier is not refused",
+    ("train", "--grad-clip", "nan"): ARCH + "a NaN gradient clip is accepted",
+    ("train", "--grad-clip", "-1"): ARCH + "a negative gradient clip is accepted",
+    **{("detect predict", "--score-threshold", v): ARCH + "detect predict accepts a score threshold outside [0, 1]"
+       for v in ("nan", "2", "-0.5", "inf")},
+    **{("detect predict", "--batch-size", v): ARCH + "detect predict accepts a batch size < 1" for v in ("0", "-1")},
+    **{("detect export", "--score-threshold", v): ARCH + "detect export accepts a score threshold outside [0, 1]"
+       for v in ("nan", "1.5")},
+    **{("quantize", "--threads", v): RUNTIMES + "--threads " + _LATE for v in ("0", "-1")},
+    **{("quantize", "--lr", v): RUNTIMES + "--lr " + _LATE for v in ("nan", "-1")},
+    **{("demo", "--train-epochs", v): ARCH + "demo --train-epochs is checked after the set-up, or not at all"
+       for v in ("-1", "0")},
+    **{("demo", "--train-threads", v): ARCH + "demo --train-threads < 1 is accepted" for v in ("0", "-1")},
+    **{("convert", flag, v): ARCH + f"convert checks {flag} only after reading the source"
+       for flag, values in (("--width-mult", ("nan", "0", "-1")), ("--resolution", ("0", "-1"))) for v in values},
+}
+
+FILES = [
+    # weights of every kind, to every command that reads weights
+    *[(["eval", "--weights", "{" + kind + "}", "--data", "{data}"], needle)
+      for kind, needle in (("missing", "not found"), ("garbage", "not a readable safetensors"),
+                           ("truncated", "not a readable safetensors"), ("emptyw", "not a readable safetensors"),
+                           ("foreign", "not written by mobilenet"), ("ssd", "object detector"),
+                           ("backbone", "no classifier: use embed"), ("good", "not a readable safetensors"),
+                           ("emptydir", "not found"))],
+    *[(["predict", "{good}", "--weights", "{" + kind + "}"], needle)
+      for kind, needle in (("missing", "not found"), ("garbage", "not a readable"), ("truncated", "not a readable"),
+                           ("foreign", "not written by mobilenet"), ("ssd", "object detector"),
+                           ("backbone", "no classifier: use embed"))],
+    *[(["fold", "{" + kind + "}", "-o", "{root}/f.safetensors"], needle)
+      for kind, needle in (("missing", "not found"), ("garbage", "not a readable"), ("foreign", "not written"))],
+    *[(["export", "{" + kind + "}", "-o", "{root}/e.onnx"], needle)
+      for kind, needle in (("missing", "not found"), ("garbage", "not a readable"), ("truncated", "not a readable"))],
+    *[(["bench", "{" + kind + "}", "--device", "cpu"], needle)
+      for kind, needle in (("missing", "not found"), ("garbage", "not a readable"))],
+    *[(["quantize", "{" + kind + "}", "-o", "{root}/q.pt", "--calib", "{data}"], needle)
+      for kind, needle in (("missing", "not found"), ("garbage", "not a readable"))],
+    *[(["detect", "predict", "{good}", "--weights", "{" + kind + "}"], needle)
+      for kind, needle in (("missing", "not found"), ("garbage", "not a readable"), ("w", "not a detector"))],
+    (["detect", "eval", "--weights", "{w}", "--data", "{voc}", "--classes", "cat,dog"], "not a detector"),
+    (["detect", "export", "--weights", "{w}", "--out", "{root}/d.onnx"], "not a detector"),
+    (["train", "--data", "{data}", "--weights", "{ssd}", "--out", "{root}/run_w"], "not a mobilenet_v1"),
+    (["train", "--data", "{data}", "--weights", "{garbage}", "--out", "{root}/run_w"], "not a readable"),
+    (["train", "--data", "{data}", "--weights", "{missing}", "--out", "{root}/run_w"], "not found"),
+    # images
+    (["predict", "{missing}", "--weights", "{w}"], "image not found"),
+    (["predict", "{emptydir}", "--weights", "{w}"], "no images"),
+    (["predict", "{textdir}", "--weights", "{w}"], "no images"),
+    (["predict", "{root}/*.nothing", "--weights", "{w}"], "matches no files"),
+    (["predict", "{cut}", "--weights", "{w}"], "truncated"),
+    (["predict", "{emptyimg}", "--weights", "{w}"], "empty file"),
+    (["predict", "{notes}", "--weights", "{w}"], "cannot read image"),
+    (["predict", "{cut}", "{emptyimg}", "{notes}", "--weights", "{w}"], "and the other 2 image(s) too"),
+    (["detect", "predict", "{missing}", "--weights", "{ssd}"], "image not found"),
+    (["detect", "predict", "{cut}", "--weights", "{ssd}"], "truncated"),
+    # data sets
+    (["eval", "--weights", "{w}", "--data", "{missing}"], "not found"),
+    (["eval", "--weights", "{w}", "--data", "{emptydir}"], "no images found"),
+    (["eval", "--weights", "{w}", "--data", "{textdir}"], "no images found"),
+    (["eval", "--weights", "{w}", "--data", "{allbad}", "--workers", "0"], "no readable image"),
+    (["eval", "--weights", "{w}", "--data", "{badzip}"], "cannot read archive"),
+    (["eval", "--weights", "{w}", "--data", "{evil}"], "no images found"),
+    (["eval", "--weights", "{w}", "--data", "{good}"], "not a dataset"),
+    (["eval", "--weights", "{w}", "--data", "cifar10:{missing}"], "not found"),
+    (["eval", "--weights", "{w}", "--data", "digits#nope"], "unknown split"),
+    (["eval", "--weights", "{w}", "--data", "digits#test"], "not among the model's 3 classes"),
+    (["eval", "--weights", "{w}", "--data", "{data}", "--labels", "{missing}"], "labels file not found"),
+    (["eval", "--weights", "{w}", "--data", "{root}", "--labels", "{labels}"], "no labelled images"),
+    (["eval", "--weights", "{w}", "--data", "{data}", "--device", "cuda:7"], "CUDA is not available"),
+    (["eval", "--weights", "{w}", "--data", "{data}", "--device", "toaster"], "device must be"),
+    (["train", "--data", "{missing}", "--out", "{root}/run_d"], "dataset not found"),
+    (["train", "--data", "{emptydir}", "--out", "{root}/run_d"], "no images found"),
+    (["train", "--data", "{badzip}", "--out", "{root}/run_d"], "cannot read archive"),
+    (["train", "--data", "digits#nope", "--out", "{root}/run_d"], "unknown split"),
+    (["detect", "eval", "--weights", "{ssd}", "--data", "{missing}"], "not found"),
+    (["detect", "eval", "--predictions", "{preds_noimage}", "--data", "{voc}", "--classes", "cat,dog"],
+     'an "image" file name'),
+    (["detect", "eval", "--predictions", "{preds_notlist}", "--data", "{voc}", "--classes", "cat,dog"],
+     "expected a list"),
+    (["detect", "eval", "--predictions", "{preds_bad}", "--data", "{voc}", "--classes", "cat,dog"],
+     "not valid JSON"),
+    # recipes
+    (["train", "--config", "{missing}"], "recipe not found"),
+    (["train", "--config", "{badtoml}"], "not valid TOML"),
+    (["train", "--config", "{unknowntoml}"], "unknown training option"),
+    (["train", "--config", "{typedtoml}"], "epochs must be int"),
+    (["train", "--config", "{nantoml}", "--data", "{data}", "--out", "{root}/run_t"], "lr"),
+    # output paths
+    ([*TRAIN[:3], "{afile}", *TRAIN[5:]], "afile is a file, not a folder"),
+    ([*TRAIN[:3], "{afile}/run", *TRAIN[5:]], "afile is a file, not a folder"),
+    (["fold", "{w}", "-o", "{emptydir}"], "is a folder"),
+    (["fold", "{w}", "-o", "{afile}/x.safetensors"], "is a file, not a folder"),
+    (["export", "{w}", "-o", "{emptydir}"], "is a folder"),
+    (["export", "{w}", "--format", "torchscript", "-o", "{root}/m.onnx"], ".onnx"),
+    (["quantize", "{w}", "-o", "{emptydir}", "--calib", "{data}"], "is a folder"),
+    (["quantize", "{w}", "--backend", "torch", "-o", "{root}/q.onnx", "--calib", "{data}"], ".onnx"),
+    (["bench", "{w}", "--device", "cpu", "--out", "{emptydir}"], "is a folder"),
+    (["convert", "{missing}", "-o", "{emptydir}"], "not found"),
+    (["detect", "predict", "{good}", "--weights", "{ssd}", "--out", "{afile}"], "afile"),
+    (["detect", "eval", "--predictions", "{preds_noimage}", "--data", "{missing}"], "not found"),
+    # argparse itself
+    (["no-such-command"], "invalid choice"),
+    (["eval"], "required"),
+    (["eval", "--weights", "{w}", "--data", "{data}", "--format", "xml"], "invalid choice"),
+    (["predict"], "required"),
+    (["models", "--format", "xml"], "invalid choice"),
+    (["detect"], "required"),
+    (["detect", "predict"], "required"),
+    (["train", "--no-such-flag"], "unrecognized arguments"),
+    (["profile", "no_such_model"], "no_such_model"),
+    (["profile", "--grid", "--paper"], "choose one of"),
+]
+
+FILES_XFAIL = {
+    ("detect", "predict", "{cut}", "--weights", "{ssd}"): ARCH + "detect predict exits 0 when no image is readable",
+    ("export", "{w}", "--format", "torchscript", "-o", "{root}/m.onnx"):
+        RUNTIMES + "export writes TorchScript to a file named .onnx",
+    ("quantize", "{w}", "--backend", "torch", "-o", "{root}/q.onnx", "--calib", "{data}"):
+        RUNTIMES + "quantize writes a torch model to a file named .onnx",
+    ("quantize", "{w}", "-o", "{emptydir}", "--calib", "{data}"): RUNTIMES + "-o is " + _LATE,
+    ("bench", "{w}", "--device", "cpu", "--out", "{emptydir}"): RUNTIMES + "--out is checked after the benchmark",
+}
+
+
+def _argv(template: list[str], files: dict[str, str]) -> list[str]:
+    return [a.format(**files) for a in template]
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse: the one line is already printed
+        return e.code if isinstance(e.code, int) else 2
+
+
+def _check_one_line(code: int, err: str, needle: str) -> None:
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, f"exit {code}, {len(lines)} line(s) on stderr:\n{err}"
+    line = lines[0].lower()
+    assert needle.lower() in line or needle.lower().replace("-", "_") in line, lines[0]  # --batch-size/batch_size
+
+
+def _numeric_cases():
+    for prefix, flag, values in NUMERIC:
+        for value in values:
+            key = (" ".join(prefix[:2]) if prefix[0] == "detect" else prefix[0], flag, value)
+            marks = [_xfail(NUMERIC_XFAIL[key])] if key in NUMERIC_XFAIL else []
+            yield pytest.param(prefix + [flag, value], flag.lstrip("-"), marks=marks,
+                               id=f"{' '.join(prefix[:2 if prefix[0] == 'detect' else 1])} {flag} {value}")
+
+
+@pytest.mark.parametrize("template,needle", list(_numeric_cases()))
+def test_a_bad_number_is_refused_at_parse_time(template, needle, files, capsys, monkeypatch):
+    monkeypatch.chdir(files["root"])
+    code = _run(_argv(template, files))
+    err = capsys.readouterr().err
+    _check_one_line(code, err, needle)
+    assert "see `mobilenet" in err or "must be" in err
+
+
+def _file_cases():
+    for template, needle in FILES:
+        reason = FILES_XFAIL.get(tuple(template))
+        yield pytest.param(template, needle, marks=[_xfail(reason)] if reason else [],
+                           id=" ".join(t.replace("{", "").replace("}", "") for t in template)[:70])
+
+
+@pytest.mark.parametrize("template,needle", list(_file_cases()))
+def test_a_bad_file_or_path_is_one_line_and_exit_2(template, needle, files, capsys, monkeypatch):
+    monkeypatch.chdir(files["root"])
+    code = _run(_argv(template, files))
+    _check_one_line(code, capsys.readouterr().err, needle)
+
+
+# ----------------------------------------------------------------------------- correct results despite bad input
+
+
+def test_eval_with_some_bad_images_scores_only_the_readable_ones(files, capsys, tmp_path):
+    data = Path(tmp_path / "mixed")
+    banded_image_folder(data, per_class=2)
+    (data / "cat" / "cut.jpg").write_bytes(Path(files["cut"]).read_bytes())
+    (data / "dog" / "empty.jpg").write_bytes(b"")
+    (data / "dog" / "notes.txt").write_text("x")
+    assert _run(["eval", "--weights", files["w"], "--data", str(data), "--format", "json", "--workers", "0"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["count"] == 6 and res["skipped_count"] == 3
+    assert {r["name"] for r in res["skipped"]} == {"cat/cut.jpg", "dog/empty.jpg", "dog/notes.txt"}
+
+
+def test_predict_with_some_bad_images_answers_for_the_others_and_lists_the_rest(files, capsys):
+    assert _run(["predict", files["good"], files["cut"], files["emptyimg"], "--weights", files["w"],
+                 "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert [("top" in r, "error" in r) for r in out] == [(True, False), (False, True), (False, True)]
+    assert captured.err.strip() == "mobilenet predict: 2 of 3 image(s) could not be read and were left out"
+
+
+def test_an_archive_with_unsafe_members_is_read_without_them(files, capsys, tmp_path):
+    path = tmp_path / "mixed.zip"
+    good = Path(files["good"]).read_bytes()
+    with zipfile.ZipFile(path, "w") as zf:
+        for member in ("cat/1.png", "dog/1.png", "fox/1.png", "../cat/2.png", "/etc/3.png"):
+            zf.writestr(member, good)
+    assert _run(["eval", "--weights", files["w"], "--data", str(path), "--format", "json", "--workers", "0"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["count"] == 3 and {r["name"] for r in res["skipped"]} == {"../cat/2.png", "/etc/3.png"}
+
+
+def test_json_outputs_never_contain_nan(files, capsys):
+    assert _run(["eval", "--weights", files["w"], "--data", files["data"], "--format", "json",
+                 "--workers", "0"]) == 0
+    text = capsys.readouterr().out
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON output"))
