@@ -1,4 +1,6 @@
-"""`torchrun --nproc-per-node 2` on CPU (gloo) equals one process with the same global batch."""
+"""`torchrun --nproc-per-node 2` on CPU (gloo) equals one process with the same global batch, and the model it
+saves is the model it validated: its reported accuracy and loss are what `mobilenet eval` measures on the saved
+weights (each rank's BatchNorm statistics are averaged before validation and saving)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +17,8 @@ import torch
 from mobilenet.checkpoint import read
 from mobilenet.cli import main
 from tests.conftest import banded_image_folder
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -48,7 +54,55 @@ def test_torchrun_two_gloo_processes_equal_one_process_with_the_same_global_batc
     for k in params:
         torch.testing.assert_close(ddp_w[k], one_w[k], rtol=1e-4, atol=1e-5, msg=k)
     assert max((ddp_w[k] - whole_w[k]).abs().max().item() for k in params) > 1e-3
-    # BN running statistics are per-rank under DDP (rank 0's are saved) and per-micro-batch in the
-    # 1-process run, so buffers are not compared. Validation is sharded over ranks and summed:
+    # Validation is sharded over ranks and summed:
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_count"] for r in rows] == [24, 24] and [r["train_images"] for r in rows] == [24, 24]
+
+    # The saved model is the validated one: `mobilenet eval` on the saved weights reproduces the reported numbers
+    # (with rank 0's own BatchNorm statistics saved, the loss differed).
+    for name, row in (("last.safetensors", rows[-1]), ("best.safetensors", max(rows, key=lambda r: r["val_top1"]))):
+        done = subprocess.run([sys.executable, "-m", "mobilenet", "eval", "--weights", str(tmp_path / "ddp" / name),
+                               "--data", str(data), "--format", "json", "--workers", "0", "--device", "cpu"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        measured = json.loads(done.stdout)
+        assert measured["count"] == row["val_count"]
+        assert measured["top1"] == pytest.approx(row["val_top1"], abs=1e-9), name
+        assert measured["loss"] == pytest.approx(row["val_loss"], rel=1e-5), name
+    # BatchNorm statistics: the ranks' running means averaged track the same statistics as the one process
+    # seeing both micro-batches in turn (not equal: the momentum is applied per micro-batch there)
+    buffers = [k for k in one_w if k.endswith("running_mean")]
+    for k in buffers:
+        torch.testing.assert_close(ddp_w[k], one_w[k], rtol=0.1, atol=0.05, msg=k)
+
+
+AVERAGE = textwrap.dedent("""
+    import json, sys
+    import torch
+    from torch import nn
+    from mobilenet.distributed import average_buffers, setup, teardown
+
+    info = setup("cpu")
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean.fill_(float(info.rank + 1))      # rank 0: 1, rank 1: 2
+    bn.running_var.fill_(float(4 * (info.rank + 1)))  # rank 0: 4, rank 1: 8
+    bn.num_batches_tracked.fill_(7)
+    average_buffers(bn)
+    with open(sys.argv[1] + f"/rank{info.rank}.json", "w") as f:
+        json.dump({k: v.tolist() for k, v in bn.state_dict().items()}, f)
+    teardown()
+""")
+
+
+@pytest.mark.slow
+def test_average_buffers_makes_every_ranks_batchnorm_statistics_the_mean(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    script = tmp_path / "average.py"
+    script.write_text(AVERAGE)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["running_mean"] == [1.5] * 3 and ranks[0]["running_var"] == [6.0] * 3
+    assert ranks[0]["num_batches_tracked"] == 7  # integer buffers: the same on every rank, left alone

@@ -3,6 +3,7 @@ uninterrupted one (deterministic mode, CPU); SIGTERM saves the state and exits c
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,8 @@ from mobilenet.engine.classify import fit
 from mobilenet.recipe import TrainConfig
 from mobilenet.train_state import latest_state
 from tests.conftest import assert_resumed_as_uninterrupted, banded_image_folder, sigkill_after
+
+REPO = Path(__file__).resolve().parents[1]
 
 # A dataset with random augmentation (noise + flip) and a model with dropout, so that exact
 # resume depends on per-sample seeding and on restored RNG states, not on luck.
@@ -70,8 +73,6 @@ def _env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
-    import json
-
     (tmp_path / "resume_helper.py").write_text(HELPER)
     sys.path.insert(0, str(tmp_path))
     try:
@@ -94,23 +95,120 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
 
 
 
+# Runs a training whose os.fsync stops for good inside the write of one file of one state folder, so the parent
+# can SIGKILL it in the middle of a checkpoint write (the temporary state folder and file exist, nothing is
+# renamed into place yet). Real image files, DataLoader worker processes, random augmentation, dropout, EMA.
+KILL_HELPER = textwrap.dedent('''
+    import json, os, sys, time
+
+    cfg_json, target, marker = sys.argv[1:4]
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        try:
+            name = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            name = ""
+        if "/states/.tmp-step-00000004-" in name and os.path.basename(name).startswith(f".{target}."):
+            open(marker, "w").close()
+            time.sleep(600)  # the parent kills us here, mid-write
+        return real_fsync(fd)
+
+    os.fsync = fsync
+    import torch
+
+    torch.set_num_threads(1)
+    from mobilenet.engine.classify import fit
+    from mobilenet.recipe import TrainConfig
+
+    fit(TrainConfig(**json.loads(cfg_json)))
+''')
+
+
+def _kill_config(data: Path, out: Path, **extra) -> dict:
+    # 24 images, batch 8: 3 steps per epoch, 9 in all; states at steps 2, 3, 4, 6, 8, 9: the kill hits the
+    # write of step 4, so the newest complete state is step 3 (the end of epoch 1)
+    return dict(data=str(data), out=str(out), val_fraction=0.0, width_mult=0.25, resolution=32, dropout=0.2,
+                epochs=3, batch_size=8, workers=2, augment="cifar", crop_fraction=1.0, optimizer="rmsprop_tf",
+                lr=0.01, ema_decay=0.9, deterministic=True, save_every_steps=2, tensorboard=False, curves=False,
+                seed=3, **extra)
+
+
+def _cifar_subset(root: Path) -> Path:
+    """24 real CIFAR-10 photos (8 of 3 classes) from the shared zip, as an image folder."""
+    import zipfile
+
+    from tests.conftest import shared_file
+
+    source = shared_file("cifar10", "test.zip")
+    with zipfile.ZipFile(source) as zf:
+        names = sorted(n for n in zf.namelist() if n.lower().endswith((".jpg", ".png")))
+        for cls in ("airplane", "cat", "ship"):
+            picked = [n for n in names if f"/{cls}/" in n][:8]
+            (root / cls).mkdir(parents=True)
+            for n in picked:
+                (root / cls / n.rsplit("/", 1)[-1]).write_bytes(zf.read(n))
+    return root
+
+
 @pytest.mark.slow
-def test_cli_sigterm_saves_state_and_resume_auto_finishes(tmp_path, capsys):
+@pytest.mark.parametrize("target,source", [("model.safetensors", "pngs"), ("optim.pt", "pngs"),
+                                           ("state.json", "pngs"),
+                                           pytest.param("optim.pt", "cifar10", marks=pytest.mark.realdata)])
+def test_sigkill_during_a_checkpoint_write_with_workers_resumes_bit_identically(tmp_path, target, source):
+    data = banded_image_folder(tmp_path / "imgs", seed=2) if source == "pngs" else _cifar_subset(tmp_path / "c10")
+    ref = fit(TrainConfig(**_kill_config(data, tmp_path / "ref")))
+    assert ref["global_step"] == 9
+
+    run, marker = tmp_path / "killed", tmp_path / "in-the-write"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_HELPER, json.dumps(_kill_config(data, run)), target,
+                             str(marker)], env={**_env(), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(marker, proc, timeout=300)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = list((run / "states").glob(".tmp-step-00000004-*"))
+    assert len(leftovers) == 1 and list(leftovers[0].glob(f".{target}.*.tmp"))  # killed inside that write
+    assert latest_state(run).name == "step-00000003"
+
+    with pytest.warns(UserWarning, match=f"took over the lock of training pid {proc.pid} .*no longer running"):
+        resumed = fit(TrainConfig(**_kill_config(data, run, resume="auto")))
+    assert resumed["global_step"] == 9
+    assert not list((run / "states").glob(".tmp-*")) and not list(run.rglob(".*.tmp"))  # the dead writer's files
+    want, _ = read(ref["last"])
+    got, _ = read(resumed["last"])
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in ref["history"]]
+
+
+@pytest.mark.slow
+def test_cli_sigterm_saves_state_and_resume_auto_trains_the_rest_bit_identically(tmp_path, capsys):
     data = banded_image_folder(tmp_path / "imgs", seed=0)
-    run = tmp_path / "run"
     flags = ["--data", str(data), "--val-fraction", "0", "--width-mult", "0.25", "--resolution", "32",
-             "--batch-size", "8", "--workers", "0", "--out", str(run), "--no-tensorboard", "--no-curves",
-             "--augment", "cifar", "--crop-fraction", "1.0", "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "mobilenet", "train", *flags, "--epochs", "500"],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().startswith("training ")  # the start line: the loop is running
-    time.sleep(1.0)
+             "--batch-size", "8", "--workers", "0", "--no-tensorboard", "--no-curves", "--augment", "cifar",
+             "--crop-fraction", "1.0", "--quiet", "--deterministic", "--epochs", "10", "--seed", "1"]
+    # 24 images, batch 8: 3 steps per epoch, 30 in all
+    assert main(["train", *flags, "--out", str(tmp_path / "ref")]) == 0
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mobilenet", "train", *flags, "--out", str(run)],
+                            env={**_env(), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for(run / "states" / "step-00000003" / "state.json", proc)  # epoch 1 is done: the loop runs
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "SIGTERM: training state saved to" in err and "Traceback" not in err
-    assert latest_state(run) is not None
-    # continue to a (shorter) end with --resume auto: same run folder, exits 0 and writes the weights
-    assert main(["train", *flags, "--epochs", "1", "--resume", "auto"]) == 0
-    assert (run / "last.safetensors").is_file() and (run / "metrics.jsonl").is_file()
+    stopped_at = json.loads((latest_state(run) / "state.json").read_text())["global_step"]
+    assert 3 <= stopped_at < 30  # stopped early: the resume below has steps left to train
+    capsys.readouterr()
+    assert main(["train", *flags, "--out", str(run), "--resume", "auto"]) == 0
     assert "resumed from" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 11)) and rows[-1]["global_step"] == 30
+    want, _ = read(tmp_path / "ref" / "last.safetensors")
+    got, _ = read(run / "last.safetensors")
+    for k in want:
+        assert torch.equal(want[k], got[k]), k

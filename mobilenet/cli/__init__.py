@@ -227,6 +227,20 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def _one_line_warnings(command: str):
+    """Library warnings (files skipped, a stale lock taken over ...) print as one line each, like errors,
+    instead of Python's two lines with a source location."""
+    import warnings
+
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, *args, **kwargs: f"mobilenet {command}: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # a flag error prints one line and raises SystemExit(2), as argparse does
@@ -235,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mobilenet: choose a command: {commands} (see `mobilenet --help`)", file=sys.stderr)
         return 2
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _one_line_warnings(args.command):
             if getattr(args, "_apply_threads", False):
                 from ..machine import set_threads
 
