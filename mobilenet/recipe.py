@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -80,6 +81,10 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        for f in fields(self):  # NaN/inf pass every comparison below as False or True: refuse them first
+            value = getattr(self, f.name)
+            _check(not isinstance(value, float) or math.isfinite(value),
+                   f"{f.name} must be a finite number, got {value}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}")
@@ -91,6 +96,12 @@ class EngineConfig:
         _check(self.keep_last >= 1, f"keep_last must be >= 1, got {self.keep_last}")
         _check(self.save_every_steps >= 0, f"save_every_steps must be >= 0, got {self.save_every_steps}")
         _check(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+        _check(self.max_steps >= 0, f"max_steps must be >= 0 (0: no limit), got {self.max_steps}")
+        for name in ("momentum", "weight_decay", "depthwise_weight_decay", "norm_bias_weight_decay", "warmup_epochs",
+                     "grad_clip", "min_lr_ratio"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.decay_rate > 0 and self.decay_epochs > 0,
+               f"decay_rate and decay_epochs must be > 0, got {self.decay_rate} and {self.decay_epochs}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,6 +190,9 @@ class TrainConfig(EngineConfig):
         _check(not self.device_data or self.augment in ("cifar", "none"),
                f"device_data augments batches on the device: augment must be cifar or none, got {self.augment!r}")
         _check(not self.cutout or self.device_data, "cutout is a device_data augmentation: add --device-data")
+        _check(self.width_mult is None or self.width_mult > 0, f"width_mult must be > 0, got {self.width_mult}")
+        _check(self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        _check(0 < self.crop_fraction <= 1, f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
 
 
 @dataclass(frozen=True)

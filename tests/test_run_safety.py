@@ -289,3 +289,79 @@ def test_malformed_preprocessing_metadata_is_one_clear_error(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "x.png"), "--weights", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "malformed metadata" in err and "crop_fraction" in err
+
+
+# ----------------------------------------------------------------------------- signals to the process group
+
+
+def _images(root: Path, n_per_class: int, size: int = 64) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def _children(pid: int) -> int:
+    try:
+        return sum(len(p.read_text().split()) for p in Path(f"/proc/{pid}/task").glob("*/children"))
+    except OSError:
+        return 0
+
+
+def _group_signal_after(proc: subprocess.Popen, sig: int, ready: Path | None, delay: float, times: int = 1) -> None:
+    """Signal the whole process group once ``ready`` exists (None: once DataLoader workers run), ``delay`` later."""
+    t0 = time.monotonic()
+    while proc.poll() is None and time.monotonic() - t0 < 300:
+        if (ready.exists() if ready is not None else _children(proc.pid) >= 2):
+            break
+        time.sleep(0.05)
+    time.sleep(delay)
+    for _ in range(times):
+        os.killpg(proc.pid, sig)  # as a terminal's Ctrl-C, `timeout` or systemd: workers get it too
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_to_eval_with_workers_is_one_line_without_worker_tracebacks(tmp_path, sig, code, word):
+    data = _images(tmp_path / "data", 150)
+    w = save(MobileNetV1(width_mult=1.0, resolution=224, num_classes=2), tmp_path / "w.safetensors",
+             class_names=["a", "b"])
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mobilenet", "eval", "--weights", str(w), "--data", str(data),
+                             "--workers", "2", "--batch-size", "4", "--threads", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _group_signal_after(proc, sig, None, 1.0)  # the workers are loading: the evaluation is under way
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and err.strip() == f"mobilenet eval: {word}", err
+
+
+@pytest.mark.slow
+def test_a_double_ctrl_c_during_training_with_workers_leaves_a_valid_state_and_no_traceback(tmp_path):
+    from mobilenet.train_state import latest_valid_state
+
+    data = _images(tmp_path / "data", 48, size=32)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mobilenet", "train", "--data", str(data), "--out", str(run),
+                             "--epochs", "500", "--width-mult", "0.25", "--resolution", "32", "--batch-size", "8",
+                             "--workers", "2", "--val-fraction", "0", "--save-every-steps", "1", "--quiet",
+                             "--no-tensorboard", "--no-curves", "--threads", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # two Ctrl-C 0.2 s apart while states are being written every step: the first asks for a clean stop (a
+    # state save), the second must not tear that save or print a traceback from any process
+    _group_signal_after(proc, signal.SIGINT, run / "states" / "step-00000003", 0.1, times=2)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode in (130, 128 + signal.SIGINT), err
+    assert "Traceback" not in err, err
+    assert all(line.startswith("mobilenet train:") or line.startswith("SIGINT") for line in err.strip().splitlines())
+    assert latest_valid_state(run) is not None and not list((run / "states").glob(".tmp-*"))
+    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--width-mult", "0.25",
+                 "--resolution", "32", "--batch-size", "8", "--workers", "0", "--val-fraction", "0", "--quiet",
+                 "--no-tensorboard", "--no-curves", "--resume", "auto"]) == 0

@@ -202,10 +202,30 @@ def _worker_died(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "DataLoader worker" in str(error)
 
 
+def _in_finaliser(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM raises ``Terminated`` in this (the main) process; forked children (DataLoader workers) that
-    inherit the handler die quietly by the default action instead of printing a traceback each."""
+def _signals_as_interrupts(deferred: list[int], *, then_ignore: bool = False):
+    """Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM ``Terminated`` in this (the main) process; both end the
+    command in one line. Three cases would print tracebacks instead, and are handled here:
+
+    * forked children that inherit the handler (DataLoader workers) ignore both: the main process shuts them
+      down (workers also ignore SIGTERM themselves, ``mobilenet.data.loader.ignore_sigterm``, so a SIGTERM to
+      the whole process group stops the command once);
+    * workers that did die with the group are not reported while this process unwinds: PyTorch's SIGCHLD
+      handler is dropped first;
+    * a signal landing inside a finaliser (a second Ctrl-C while a DataLoader's ``__del__`` joins its workers)
+      cannot raise there (Python prints "Exception ignored" and a traceback): it is recorded in ``deferred``
+      and acted on when the command returns;
+    * ``then_ignore`` (the real program, about to exit): signals after the command are ignored, not raised in
+      the interpreter's exit handlers.
+    """
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -215,16 +235,20 @@ def _sigterm_as_interrupt():
 
     def handler(signum: int, frame: Any) -> None:
         if os.getpid() != pid:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
             return
-        raise Terminated
+        if signum == signal.SIGTERM:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if _in_finaliser(frame):
+            deferred.append(signum)
+            return
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_IGN if then_ignore else h)
 
 
 @contextmanager
@@ -248,13 +272,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = ", ".join(a.dest for a in parser._subparsers._group_actions[0]._choices_actions)  # type: ignore
         print(f"mobilenet: choose a command: {commands} (see `mobilenet --help`)", file=sys.stderr)
         return 2
+    deferred: list[int] = []
     try:
-        with _sigterm_as_interrupt(), _one_line_warnings(args.command):
+        with _signals_as_interrupts(deferred, then_ignore=argv is None), _one_line_warnings(args.command):
             if getattr(args, "_apply_threads", False):
                 from ..machine import set_threads
 
                 set_threads(args.threads)
-            return int(args._run(args) or 0)
+            code = int(args._run(args) or 0)
+            if deferred:  # a signal that arrived inside a finaliser: act on it now
+                raise Terminated if deferred[0] == signal.SIGTERM else KeyboardInterrupt
+            return code
     except Terminated:
         print(f"mobilenet {args.command}: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM

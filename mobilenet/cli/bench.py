@@ -33,20 +33,22 @@ def _csv(choices: tuple[str, ...] | None):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from . import non_negative_int, positive_float, positive_int
+
     p.add_argument("model", nargs="?", default="mobilenet_v1_100_224",
                    help="model name (random weights), weights file, or a deployed file (.onnx, .tflite, .pte, .xml, "
                         ".pt, .pt2) timed in its own runtime (default: mobilenet_v1_100_224)")
     p.add_argument("--preset", choices=("paper", "tf", "timm"), default=None, help="preset for a model name")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=1)
     p.add_argument("--device", type=_csv(("cpu", "cuda")), default=["cpu", "cuda"], help="cpu,cuda (default both)")
     p.add_argument("--pass", dest="passes", type=_csv(("forward", "forward-backward")),
                    default=["forward", "forward-backward"], help="forward,forward-backward (default both)")
     # checked by run_bench (naming the known ones): importing them here would load torch for `--help`
     p.add_argument("--variants", type=_csv(None), default=None, help="comma-separated subset of variants")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile rows (slow to compile on small CPUs)")
-    p.add_argument("--repeats", type=int, default=50, help="timed calls per variant")
-    p.add_argument("--warmup", type=int, default=5, help="untimed calls per variant first")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--repeats", type=positive_int, default=50, help="timed calls per variant")
+    p.add_argument("--warmup", type=non_negative_int, default=5, help="untimed calls per variant first")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--peers", action="store_true",
                    help="add what a user runs without us: OpenVINO's defaults on our ONNX, timm, TF Lite on "
                         "--peer-tflite")
@@ -56,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "point top-1 of float on held-out --calib images); see `export --target cpu`")
     p.add_argument("--calib", default=None,
                    help="--recommend: images (folder or dataset), half calibrate, half are held out")
-    p.add_argument("--num-calib", type=int, default=200, help="--recommend: images to read from --calib")
+    p.add_argument("--num-calib", type=positive_int, default=200, help="--recommend: images to read from --calib")
     p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     p.add_argument("--out", default=None, help="also write the JSON result here")
     g = p.add_argument_group("grid: latency vs accuracy of the 16 alpha x resolution variants (CPU)")
@@ -65,14 +67,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grid-variant", default="eager",
                    help="deployment path timed for every variant (default eager fp32)")
     g.add_argument("--plot", default=None, help="write the latency/top-1 plot with the Pareto frontier (PNG)")
-    g.add_argument("--budget-ms", type=float, default=None, help="latency budget (ms per batch, median)")
-    g.add_argument("--budget-macs", type=float, default=None, help="budget in million multiply-adds per image")
-    g.add_argument("--budget-params", type=float, default=None, help="budget in million parameters")
+    g.add_argument("--budget-ms", type=positive_float, default=None, help="latency budget (ms per batch, median)")
+    g.add_argument("--budget-macs", type=positive_float, default=None, help="budget in million multiply-adds per image")
+    g.add_argument("--budget-params", type=positive_float, default=None, help="budget in million parameters")
 
 
 def _grid(args: argparse.Namespace) -> int:
     from ..checkpoint import atomic_write
     from ..deploy.grid import format_grid, pick_for_budget, plot_grid, run_grid
+    from . import check_output_file
+
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):
+        if path:
+            check_output_file(path, flag=flag)  # before minutes of timing
 
     rows = run_grid(variant=args.grid_variant, batch_size=args.batch_size, repeats=args.repeats,
                     warmup=args.warmup, preset=args.preset or "tf")
@@ -105,6 +112,10 @@ def _grid(args: argparse.Namespace) -> int:
 def _recommend(args: argparse.Namespace, model: object) -> int:
     from ..checkpoint import atomic_write
     from ..deploy.target import format_recommendation, recommend_cpu, target_images
+    from . import check_output_file
+
+    if args.out:
+        check_output_file(args.out, flag="--out")  # before minutes of calibration and timing
 
     images, labels = target_images(model, args.calib, limit=args.num_calib)  # type: ignore[arg-type]
     rec = recommend_cpu(model, images, labels, batch=args.batch_size, repeats=args.repeats,  # type: ignore[arg-type]
@@ -121,7 +132,10 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.bench import bench_file, format_result, num_threads, run_bench
     from ..deploy.loading import load_model
     from ..runtimes import is_artifact
+    from . import check_output_file
 
+    if args.out:
+        check_output_file(args.out, flag="--out")  # before minutes of timing
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.repeats < 1 or args.warmup < 0:

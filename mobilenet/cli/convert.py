@@ -21,13 +21,15 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from . import int_at_least, positive_float
+
     p.add_argument("src", help="source weights (for TF-slim: the .ckpt prefix or its .index file)")
     p.add_argument("--out", "-o", help="output .safetensors (default: <source name>.safetensors here)")
     # --source-format, not --format: everywhere else --format is the format of a command's output
     p.add_argument("--source-format", default="auto", choices=("auto", "keras", "tflite", "slim", "caffe", "timm"),
                    help="the source file's format (default: told from its name and first bytes)")
-    p.add_argument("--width-mult", type=float, help="expected width multiplier (checked against the file)")
-    p.add_argument("--resolution", type=int, help="input resolution when the file does not tell it")
+    p.add_argument("--width-mult", type=positive_float, help="expected width multiplier (checked against the file)")
+    p.add_argument("--resolution", type=int_at_least(32), help="input resolution when the file does not tell it")
     p.add_argument("--drop-background", action="store_true",
                    help="turn a 1001-way TF classifier (background at 0) into the 1000 ImageNet classes")
     p.add_argument("--prototxt", help="Caffe deploy prototxt, cross-checked against the .caffemodel")

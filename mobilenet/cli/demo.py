@@ -12,15 +12,17 @@ import argparse
 import time
 from pathlib import Path
 
+from . import non_negative_int, positive_int
+
 NAME = "demo"
 HELP = "run the main job on the bundled default data (what `make demo` runs)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the demo's outputs")
-    p.add_argument("--train-epochs", type=int, default=None,
+    p.add_argument("--train-epochs", type=positive_int, default=None,
                    help="epochs of the digits training step (default: configs/digits.toml's)")
-    p.add_argument("--train-threads", type=int, default=1,
+    p.add_argument("--train-threads", type=non_negative_int, default=1,
                    help="CPU threads for the digits training step (0: torch's default). 1 by default: this "
                         "tiny model gains little from a second thread, and on a busy machine intra-op "
                         "threads that wait on each other made it >10x slower")

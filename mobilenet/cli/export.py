@@ -32,6 +32,8 @@ FORMATS = ("onnx", "onnx-int8", "torchscript", "torch-export", "tflite", "tflite
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from . import int_at_least, positive_int
+
     p.add_argument("weights", help="weights file (classifier or SSD; or a .tflite to import), or a model name "
                                    "(random weights)")
     p.add_argument("-o", "--output", required=True,
@@ -42,17 +44,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paths", default=None, metavar="A,B",
                    help="--target: the deployment paths to measure (default: all that build in seconds; see "
                         "`mobilenet bench --help`)")
-    p.add_argument("--resolution", type=int, default=None, help="input size (default: the model's)")
+    p.add_argument("--resolution", type=int_at_least(32), default=None, help="input size (default: the model's)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 17; default 18)")
     p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW", help="TF Lite input layout")
-    p.add_argument("--batch", type=int, default=1, help="fixed batch size of a TF Lite or ExecuTorch file")
+    p.add_argument("--batch", type=positive_int, default=1, help="fixed batch size of a TF Lite or ExecuTorch file")
     p.add_argument("--method", choices=("nncf", "qdq"), default="nncf",
                    help="openvino-int8: NNCF on the float IR, or our int8 QDQ ONNX converted")
     p.add_argument("--precision", choices=("float16", "float32"), default="float16",
                    help="Core ML compute precision (float16 runs on the Neural Engine)")
     p.add_argument("--calib", default=None, help="calibration images for *-int8 (folder or dataset)")
-    p.add_argument("--num-calib", type=int, default=100, help="calibration images to use")
-    p.add_argument("--threads", type=int, default=None, help="threads of the check run")
+    p.add_argument("--num-calib", type=positive_int, default=100, help="calibration images to use")
+    p.add_argument("--threads", type=positive_int, default=None, help="threads of the check run")
     p.add_argument("--no-check", action="store_true", help="skip running the exported file against PyTorch")
 
 

@@ -23,10 +23,13 @@ agreement of the int8 and float models on the calibration images."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from . import positive_float, positive_int
+
     p.add_argument("weights", help="weights file, or a model name (random weights: timing only)")
     p.add_argument("-o", "--output", required=True, help="int8 model to write (.pt for torch, .onnx for onnxruntime)")
     p.add_argument("--calib", required=True, help="calibration images: a folder (searched recursively) or a dataset")
-    p.add_argument("--num-calib", type=int, default=100, help="calibration images to use (spread over the source)")
+    p.add_argument("--num-calib", type=positive_int, default=100,
+                   help="calibration images to use (spread over the source)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                    help="int8 runtime (default: from the output suffix, .onnx -> onnxruntime)")
     p.add_argument("--engine", choices=("x86", "fbgemm", "onednn"), default="x86", help="torch int8 kernels")
@@ -36,14 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ignore the activation ranges and weight grids a quantization-aware trained import recorded "
                         "(e.g. from a uint8 .tflite) and calibrate everything")
     p.add_argument("--eval", default=None, help="labelled images for top-1 before/after (folder or dataset)")
-    p.add_argument("--num-eval", type=int, default=None, help="evaluation images to use (default: all)")
+    p.add_argument("--num-eval", type=positive_int, default=None, help="evaluation images to use (default: all)")
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning instead of plain PTQ")
-    p.add_argument("--epochs", type=int, default=1, help="QAT epochs")
+    p.add_argument("--epochs", type=positive_int, default=1, help="QAT epochs")
     p.add_argument("--train", default=None, help="labelled training data for --qat")
-    p.add_argument("--lr", type=float, default=1e-4, help="QAT learning rate (Adam, cosine decay)")
-    p.add_argument("--batch-size", type=int, default=32, help="QAT batch size")
-    p.add_argument("--repeats", type=int, default=30, help="latency samples per model")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the timing (default: torch's)")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="QAT learning rate (Adam, cosine decay)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="QAT batch size")
+    p.add_argument("--repeats", type=positive_int, default=30, help="latency samples per model")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for the timing (default: torch's)")
     p.add_argument("--json", default=None, help="also write the report as JSON here")
 
 
@@ -54,7 +57,14 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.int8 import quantize_file
     from ..table import Table
     from ..zoo import VARIANTS
+    from . import check_output_file
 
+    # before minutes of calibration: a file that is what its name says, where it can be written
+    backend = args.backend or ("onnxruntime" if args.output.endswith(".onnx") else "torch")
+    check_output_file(args.output, suffixes=(".onnx",) if backend == "onnxruntime" else (".pt",),
+                      what=f"--backend {backend}")
+    if args.json:
+        check_output_file(args.json, flag="--json")
     if args.weights in VARIANTS and not Path(args.weights).exists():
         print(f"note: {args.weights} has random weights; accuracy numbers are meaningless, timings are not")
     r = quantize_file(args.weights, args.output, args.calib, num_calib=args.num_calib, backend=args.backend,

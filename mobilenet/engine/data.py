@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.loader import ignore_sigterm
 from ..distributed import DistInfo, ShardedBatchSampler
 
 
@@ -102,4 +103,5 @@ def loader(dataset: torch.utils.data.Dataset, sampler: ShardedBatchSampler, *, s
     generator = torch.Generator()
     return torch.utils.data.DataLoader(
         SeededDataset(dataset, seed), batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-        persistent_workers=workers > 0, generator=generator, collate_fn=collate), generator
+        persistent_workers=workers > 0, generator=generator, collate_fn=collate,
+        worker_init_fn=ignore_sigterm if workers > 0 else None), generator  # SIGTERM: the main process decides

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ... import strict_json
+from .. import add_threads_flag, positive_int
 from .weights import WEIGHTS, add_runtime_flags
 
 
@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "dataset's: NAME=DATASET_NAME pairs, comma-separated, or a JSON file (default: the same names in "
                    "any case, and VOC's spellings of COCO's classes)")
     e.add_argument("--metric", choices=("voc", "voc07", "kitti", "coco"))
-    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default: 8)")
+    add_threads_flag(e)
     add_runtime_flags(e)
     e.add_argument("--json", dest="json_out", help="also write the metrics here")
     return e
@@ -59,5 +60,8 @@ def run(args: argparse.Namespace) -> int:
     print(metrics_table(r).render("table"))
     print(f"{r['metric']} mAP: {r['map']:.4f}")
     if args.json_out:
-        Path(args.json_out).write_text(strict_json.dumps(r, indent=1))
+        from ...checkpoint import atomic_write
+
+        with atomic_write(args.json_out, "w") as f:  # a metric without ground truth (NaN) is written null
+            f.write(strict_json.dumps(r, indent=1))
     return 0

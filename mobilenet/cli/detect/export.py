@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import positive_int, probability
 from .weights import WEIGHTS
 
 
@@ -22,11 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     x.add_argument("--int8", action="store_true", help="ONNX Runtime int8 (QDQ) convs, calibrated on --calib images; "
                    "decoding and NMS stay float")
     x.add_argument("--calib", metavar="IMAGE|DIR", nargs="+", help="calibration images for --int8")
-    x.add_argument("--calib-count", type=int, default=64, help="at most this many calibration images (default 64)")
-    x.add_argument("--score-threshold", type=float)
-    x.add_argument("--iou-threshold", type=float)
-    x.add_argument("--pre-nms-top-k", type=int, help="candidates kept before NMS (per class in per-class mode)")
-    x.add_argument("--max-detections", type=int, help="detections per image")
+    x.add_argument("--calib-count", type=positive_int, default=64,
+                   help="at most this many calibration images (default 64)")
+    x.add_argument("--score-threshold", type=probability, help="in [0, 1] (default: the model's)")
+    x.add_argument("--iou-threshold", type=probability, help="in [0, 1] (default: the model's)")
+    x.add_argument("--pre-nms-top-k", type=positive_int,
+                   help="candidates kept before NMS (per class in per-class mode)")
+    x.add_argument("--max-detections", type=positive_int, help="detections per image")
     return x
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ... import strict_json
+from .. import CLIError, add_threads_flag, positive_int, probability
 from .weights import WEIGHTS, add_runtime_flags
 
 
@@ -16,8 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     pr.add_argument("--weights", required=True, help=WEIGHTS)
     pr.add_argument("--out", help="folder for <image> with boxes drawn and detections.json")
     pr.add_argument("--format", choices=("table", "json"), default="table", help="output format")
-    pr.add_argument("--score-threshold", type=float, default=0.3)
-    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--score-threshold", type=probability, default=0.3,
+                    help="keep detections scoring at least this, in [0, 1] (default: 0.3)")
+    pr.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default: 8)")
+    add_threads_flag(pr)
     add_runtime_flags(pr)
     return pr
 
@@ -30,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
     model, device = load(args)
     results = detect_images(model, paths, score_threshold=args.score_threshold, batch_size=args.batch_size,
                             device=device)
+    errors = [r for r in results if "error" in r]
+    if errors and len(errors) == len(results):
+        more = f" (and the other {len(errors) - 1} image(s) too)" if len(errors) > 1 else ""
+        raise CLIError(f"{errors[0]['image']}: {errors[0]['error']}{more}")
     if args.out:
         pictures = write_outputs(results, args.out)
         print(f"wrote {len(pictures)} picture(s) and detections.json to {args.out}", file=sys.stderr)
