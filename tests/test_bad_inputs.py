@@ -236,6 +236,8 @@ FILES = [
     (["train", "--config", "{unknowntoml}"], "unknown training option"),
     (["train", "--config", "{typedtoml}"], "epochs must be int"),
     (["train", "--config", "{nantoml}", "--data", "{data}", "--out", "{root}/run_t"], "lr"),
+    # a run that diverges stops with one line (its last good state kept), not with NaN weights and exit 0
+    ([*TRAIN, "--epochs", "3", "--lr", "1e30", "--optimizer", "sgd"], "non-finite loss"),
     # output paths
     ([*TRAIN[:4], "{afile}", *TRAIN[5:]], "afile is a file, not a folder"),
     ([*TRAIN[:4], "{afile}/run", *TRAIN[5:]], "afile is a file, not a folder"),

