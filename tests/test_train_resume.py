@@ -10,10 +10,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from mobilenet.checkpoint import read
 from mobilenet.cli import main
 from mobilenet.engine.classify import fit
 from mobilenet.recipe import TrainConfig
@@ -69,6 +71,18 @@ def _restore_deterministic():
 
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    t0 = time.monotonic()
+    while not path.exists():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"child exited early ({proc.returncode}): {err[-2000:]}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {path}")
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
