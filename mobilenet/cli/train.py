@@ -28,7 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar, only one line per epoch")
     add_threads_flag(p)  # default: the idle cores (the busy 2-core machine: 1 thread trained 10x faster than 2)
     add_config_flags(p)
-    add_threads_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
