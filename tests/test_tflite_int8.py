@@ -108,3 +108,26 @@ def test_calibrated_ssd_ends_in_the_post_processing_op(tmp_path):
     dets = det.detect(x[:2])
     assert len(dets) == 2 and all(d.boxes.shape[1] == 4 for d in dets)
     assert det.predictor.metadata["postprocess_op"]["num_classes"] == 3
+
+
+def test_calibrated_file_equals_our_own_int8_simulation(tmp_path):
+    from mobilenet.deploy.fold import fold_bn
+    from mobilenet.preprocessing import Preprocessing
+    from mobilenet.tflite.fidelity import uint8_activations
+    from mobilenet.tflite.quantized import as_recorded, classifier_flatbuffer, classifier_grids
+
+    model = _tiny()
+    pre = Preprocessing(resolution=64, crop_mode="crop_resize", mean=(128.0,) * 3, std=(128.0,) * 3)
+    model.weights_info = model.weights_info.replace(preprocessing=pre)  # one uint8 grid holds the pixels
+    pixels = torch.randint(0, 256, (60, 3, 64, 64), generator=torch.Generator().manual_seed(3)).float()
+    x = (pixels - 128) / 128
+    grids = classifier_grids(model, x[:20])
+    path = tmp_path / "q.tflite"
+    path.write_bytes(classifier_flatbuffer(model, grids))
+    out = runtimes.load(path)(x[20:])  # held out from calibration
+    folded = fold_bn(model)
+    folded.weights_info = WeightsInfo(quantization=as_recorded(model, grids))
+    with uint8_activations(folded) as simulated, torch.no_grad():  # exact: the file's integer arithmetic
+        ours = simulated(x[20:]).softmax(1)
+    assert (ours.argmax(1) == out.argmax(1)).float().mean() >= 0.99
+    assert (ours - out).abs().max() <= 1 / 256 + 1e-6  # one step of the file's uint8 softmax

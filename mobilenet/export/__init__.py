@@ -44,7 +44,7 @@ SUFFIXES = {"onnx": ".onnx", "onnx-int8": ".onnx", "torchscript": ".pt", "torch-
             "executorch": ".pte", "executorch-int8": ".pte", "openvino": ".xml", "openvino-int8": ".xml",
             "coreml": ".mlpackage"}
 INT8 = frozenset(f for f in FORMATS if f.endswith("-int8"))
-RECORDED_GRIDS = frozenset({"tflite-int8", "onnx-int8"})  # may use a quantized import's grids instead of images
+RECORDED_GRIDS = frozenset({"tflite-int8"})  # may take every grid from a quantized import, without images
 DETECTOR_FORMATS = ("tflite", "tflite-int8", "executorch", "executorch-int8", "openvino", "openvino-int8", "coreml")
 
 

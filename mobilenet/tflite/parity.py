@@ -31,7 +31,6 @@ from ..detection.postprocess import Detections
 from ..detection.ssd import SSD
 from .fidelity import SCORES, SSD_OUTPUTS, recorded_activation_grids, uint8_activations
 from .format import read_tflite
-from .grid import KERNELS
 from .ssd import POSTPROCESS_OP, TF_TO_OURS_BOX
 
 
@@ -47,20 +46,11 @@ class Parity:
 
 
 def interpreter(tflite_path: str | os.PathLike[str], *, kernels: str = "default", threads: int = 1) -> Any:
-    """A TF Lite interpreter (ai-edge-litert) for the file with the given kernel set, tensors allocated."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    except ImportError:
-        raise ImportError("the TF Lite reference needs ai-edge-litert: pip install ai-edge-litert") from None
+    """A TF Lite interpreter (ai-edge-litert) for the file with the given kernel set, tensors allocated: the TF
+    Lite runtime's own (:func:`mobilenet.runtimes.tflite.interpreter`), one thread by default here."""
+    from ..runtimes.tflite import interpreter as runtime_interpreter
 
-    resolvers = {"default": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-                 "reference": OpResolverType.BUILTIN_REF}
-    if kernels not in resolvers:
-        raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
-    it = Interpreter(model_path=str(tflite_path), num_threads=threads,
-                     experimental_op_resolver_type=resolvers[kernels])
-    it.allocate_tensors()
-    return it
+    return runtime_interpreter(tflite_path, kernels=kernels, threads=threads)
 
 
 def tflite_outputs(path: str | os.PathLike[str], pixels: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..model import MobileNetV1, SamePad2d
 from ..preprocessing import Preprocessing
-from ..weights import WeightGrid, weights_info
+from ..weights import Quantization, WeightGrid, weights_info
 from .grid import ActivationGrid
 from .writer import GraphWriter
 
@@ -162,6 +162,23 @@ def classifier_grids(model: MobileNetV1, calibration: torch.Tensor | None = None
     weights = {u.name: _weight_grid(u.weight) for u in body}
     weights["classifier"] = _weight_grid(head.weight)
     return Grids(acts, weights, "calibrated", fold_input=fold)
+
+
+def as_recorded(model: MobileNetV1, grids: Grids) -> Quantization:
+    """``grids`` as the record a quantized import carries (:class:`mobilenet.weights.Quantization`, with each conv
+    output's accumulator scale), so that :func:`mobilenet.tflite.fidelity.uint8_activations` on the BN-folded model
+    computes what the written file computes: our own int8 simulation of it."""
+    body, head = units(model)
+    acts = {k: grids.activations[k] for k in ("input", "pool")}
+    previous = grids.activations["input"]
+    for u in [*body, head]:
+        source = grids.activations["pool"] if u.name == "classifier" else previous
+        g = grids.activations[u.name]
+        acc = float(np.float32(source.scale) * np.float32(grids.weights[u.name].scale[0]))
+        acts[u.name] = replace(g, accumulator_scale=(acc,))
+        previous = g
+    weights = {(f"{n}.conv.weight" if n != "classifier" else "classifier.weight"): w for n, w in grids.weights.items()}
+    return Quantization(activations=acts, weights=weights)
 
 
 def _fold_normalisation(stem: Unit, a: torch.Tensor, c: torch.Tensor) -> Unit:

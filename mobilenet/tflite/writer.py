@@ -174,12 +174,7 @@ class GraphWriter:
         model.operatorCodes, model.subgraphs, model.buffers = self.opcodes, [sub], list(self.buffers)
         model.metadata = []
         for key, data in (metadata or {}).items():
-            buf = s.BufferT()
-            buf.data = np.frombuffer(bytes(data), dtype=np.uint8)
-            model.buffers.append(buf)
-            entry = s.MetadataT()
-            entry.name, entry.buffer = key, len(model.buffers) - 1
-            model.metadata.append(entry)
+            _add_entry(s, model, key, data)
         return pack(model)
 
 
@@ -192,15 +187,20 @@ def pack(model: Any) -> bytes:
     return bytes(builder.Output())
 
 
+def _add_entry(schema: Any, model: Any, name: str, data: bytes) -> None:
+    """Append a metadata entry ``name`` pointing at a new buffer holding ``data``."""
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(bytes(data), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = name, len(model.buffers) - 1
+    model.metadata.append(entry)
+
+
 def add_metadata(flatbuffer: bytes, name: str, data: bytes) -> bytes:
     """The ``.tflite`` bytes with a metadata entry ``name`` -> ``data`` (replacing one of that name)."""
     s = _schema()
     model = s.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
     model.metadata = [m for m in (model.metadata or []) if (m.name or b"") not in (name, name.encode())]
-    buffer = s.BufferT()
-    buffer.data = np.frombuffer(bytes(data), dtype=np.uint8)
-    model.buffers.append(buffer)
-    entry = s.MetadataT()
-    entry.name, entry.buffer = name, len(model.buffers) - 1
-    model.metadata.append(entry)
+    _add_entry(s, model, name, data)
     return pack(model)

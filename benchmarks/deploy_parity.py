@@ -1,0 +1,223 @@
+"""Deploy to a phone, proven: every export format of Google's MobileNet v1 0.25-128 (imported) and of its COCO SSD,
+run in its own runtime on the shared photos beside PyTorch (issue 10's table).
+
+Classifier rows (100 shared ImageNet photos): max |difference| of the logits to PyTorch (float formats), top-1, top-1
+agreement with the float model, file size; int8 formats calibrate on the even photos (a quantized import keeps its
+recorded grids: all of them in tflite-int8, the activations' in onnx-int8) and are scored on all. ``tflite-int8`` is
+also compared with Google's own file: identical uint8 outputs on how many photos. Core ML is converted and
+inspected, not run (Apple platforms only). Detector rows (108 shared photos): max |difference| of the decoded boxes
+and logits to PyTorch, and the detections (score >= 0.5) each file finds at IoU >= 0.5 of the float model's;
+``tflite-int8`` against Google's ``detect.tflite`` (identical outputs on how many photos).
+
+    python benchmarks/deploy_parity.py [--latency] [--threads 1] [--json out.json]
+
+``--latency`` adds a column: ms per image at batch 1, every file timed interleaved in one run (only meaningful
+on a quiet machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = Path(os.environ.get("MOBILENET_DATA", REPO.parent / "shared" / "data"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+CLASSIFIER_FORMATS = ("onnx", "torchscript", "torch-export", "tflite", "tflite-nhwc", "executorch", "openvino",
+                      "openvino-bf16", "coreml", "onnx-int8", "tflite-int8", "executorch-int8", "openvino-int8")
+DETECTOR_FORMATS = ("tflite", "executorch", "openvino", "tflite-int8", "openvino-int8", "executorch-int8")
+
+
+def _export(model: Any, fmt: str, folder: Path, calibration: torch.Tensor) -> tuple[Path, dict[str, Any]]:
+    from mobilenet.export import INT8, SUFFIXES, export
+
+    base = {"tflite-nhwc": "tflite", "openvino-bf16": "openvino"}.get(fmt, fmt)
+    path = folder / f"{fmt}{SUFFIXES[base]}"
+    kw: dict[str, Any] = {"layout": "NHWC"} if fmt == "tflite-nhwc" else {}
+    if base in INT8 and base != "tflite-int8":  # tflite-int8: the import's recorded grids, no images
+        kw["calibration"] = calibration
+    export(model, path, format=base, **kw)
+    options = {"precision": "f32"} if base.startswith("openvino") and fmt != "openvino-bf16" else {}
+    if fmt == "openvino-bf16":
+        options = {"precision": "bf16"}
+    return path, options
+
+
+def classifier(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    from mobilenet import runtimes
+    from mobilenet.convert import import_model
+    from mobilenet.deploy.calibration import load_labelled
+    from mobilenet.export import file_size
+    from mobilenet.export.coreml import inspect_coreml
+    from mobilenet.predict import model_preprocessing
+
+    src = DATA / "weights" / "tflite" / "mobilenet_v1_0.25_128_quant.tflite"
+    model = import_model(src)
+    x, y = load_labelled(DATA / "imagenet" / "images", model_preprocessing(model), num_classes=1001, progress=False)
+    with torch.inference_mode():
+        ref = model(x)
+    google = runtimes.load(src, threads=args.threads)
+    g_out = google(x)
+    rows = [{"format": "Google's .tflite (reference)", "runtime": _runtime(google), "max_abs_diff": None,
+             "top1": _pct(g_out, y), "agreement": _pct(g_out, ref.argmax(1)),
+             "size_mb": round(src.stat().st_size / 1e6, 3)}]
+    timed: dict[str, Any] = {"google": lambda: google(x[:1])}
+    for fmt in CLASSIFIER_FORMATS:
+        print(f"classifier: {fmt}", file=sys.stderr, flush=True)
+        try:
+            path, options = _export(model, fmt, folder, x[0::2])
+        except (ImportError, ValueError) as e:
+            rows.append({"format": fmt, "skipped": str(e).splitlines()[0]})
+            continue
+        row: dict[str, Any] = {"format": fmt, "size_mb": round(file_size(path) / 1e6, 3)}
+        if fmt == "coreml":
+            info = inspect_coreml(path)
+            row.update(runtime="not run: Core ML predicts only on Apple platforms (inspected: "
+                               f"{len(info['class_labels'])} labels, {sum(info['ops'].values())} ops)")
+            rows.append(row)
+            continue
+        p = runtimes.load(path, threads=args.threads, **options)
+        out = p(x)
+        row.update(runtime=_runtime(p), top1=_pct(out, y), agreement=_pct(out, ref.argmax(1)),
+                   max_abs_diff=float((out - ref).abs().max()) if _float(fmt) else None)
+        if fmt == "tflite-int8":
+            row["identical_to_google"] = int((g_out == out).all(dim=1).sum())
+        rows.append(row)
+        timed[fmt] = lambda p=p: p(x[:1])
+    if args.latency:
+        _latency(rows, timed, args)
+    return rows
+
+
+def detector(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    from PIL import Image
+
+    from mobilenet import runtimes
+    from mobilenet.detection.predict import list_images, model_input
+    from mobilenet.detection.runtime import RuntimeDetector
+    from mobilenet.export import file_size
+    from mobilenet.tflite.ssd import import_detect_tflite
+
+    src = DATA / "weights" / "tflite" / "detect.tflite"
+    model = import_detect_tflite(src).eval()
+    photos = list_images([DATA / "detection" / "voc" / "VOCdevkit", DATA / "imagenet" / "images"])
+    x = torch.stack([model_input(Image.open(p), model) for p in photos])
+    net = model.decoded()
+    with torch.inference_mode():
+        ref_raw = [net(x[i:i + 1]) for i in range(len(x))]
+        ref = [model.detect(x[i:i + 1])[0] for i in range(len(x))]
+    google = RuntimeDetector(runtimes.load(src, threads=args.threads))
+    g_det = [google.detect(x[i:i + 1])[0] for i in range(len(x))]
+    rows = [_det_row("Google's detect.tflite (reference)", google, g_det, ref, photos, src.stat().st_size)]
+    timed: dict[str, Any] = {"google": lambda: google(x[:1])}
+    for fmt in DETECTOR_FORMATS:
+        print(f"detector: {fmt}", file=sys.stderr, flush=True)
+        try:
+            path, options = _export(model, fmt, folder, x[0::4])
+        except (ImportError, ValueError) as e:
+            rows.append({"format": fmt, "skipped": str(e).splitlines()[0]})
+            continue
+        det = RuntimeDetector(runtimes.load(path, threads=args.threads, **options))
+        dets = [det.detect(x[i:i + 1])[0] for i in range(len(x))]
+        row = _det_row(fmt, det, dets, ref, photos, file_size(path))
+        if det.kind == "decoded" and _float(fmt):
+            row["max_abs_diff"] = max(float((o - r).abs().max()) for i in range(len(x))
+                                      for o, r in zip(det.predictor(x[i:i + 1]), ref_raw[i], strict=True))
+        if fmt == "tflite-int8":
+            row["identical_to_google"] = sum(
+                torch.equal(a.scores, b.scores) and torch.equal(a.labels, b.labels) and torch.equal(a.boxes, b.boxes)
+                for a, b in zip(dets, g_det, strict=True))
+        rows.append(row)
+        timed[fmt] = lambda det=det: det.predictor(x[:1])
+    if args.latency:
+        _latency(rows, timed, args)
+    return rows
+
+
+def _det_row(name: str, det: Any, dets: list[Any], ref: list[Any], photos: list[Path], size: int) -> dict[str, Any]:
+    from mobilenet.tflite.parity import Parity, match_detections
+
+    found = Parity()
+    for p, ours, theirs in zip(photos, dets, ref, strict=True):
+        match_detections(theirs, ours, found, p.name, min_score=0.5, min_iou=0.5, score_tol=1.0)
+    return {"format": name, "runtime": _runtime(det.predictor), "size_mb": round(size / 1e6, 3),
+            "detections_found": f"{found.matched}/{found.references}"}
+
+
+def _float(fmt: str) -> bool:
+    return not fmt.endswith("-int8") and fmt != "openvino-bf16"
+
+
+def _runtime(predictor: Any) -> str:
+    return predictor.describe().split(": ", 1)[0]  # the runtime, its version and kernels, without the file
+
+
+def _pct(out: torch.Tensor, target: torch.Tensor) -> float:
+    return round((out.argmax(1) == target).float().mean().item() * 100, 1)
+
+
+def _latency(rows: list[dict[str, Any]], timed: dict[str, Any], args: argparse.Namespace) -> None:
+    from mobilenet.deploy.bench import time_interleaved
+
+    for fn in timed.values():
+        fn()
+    times = time_interleaved(timed, repeats=args.repeats, warmup=2, min_sample_s=0.02)
+    for row in rows:
+        key = "google" if "reference" in row["format"] else row["format"]
+        if key in times:
+            row["latency_ms"] = round(statistics.median(times[key]) * 1e3, 3)
+
+
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    from mobilenet.deploy.bench import render_table
+
+    def cell(row: dict[str, Any], key: str) -> str:
+        v = row.get(key)
+        return "-" if v is None else f"{v:.1e}" if key == "max_abs_diff" else str(v)
+
+    body = [[cell(r, k) for _, k in columns] if "skipped" not in r else [r["format"], f"skipped: {r['skipped']}"]
+            + ["-"] * (len(columns) - 2) for r in rows]
+    return render_table([c for c, _ in columns], body, "markdown")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--latency", action="store_true", help="add ms per image (batch 1), interleaved: quiet machine")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--json", help="write every number here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if not (DATA / "weights" / "tflite").is_dir():
+        sys.exit(f"needs the shared data ({DATA}; set MOBILENET_DATA)")
+    with tempfile.TemporaryDirectory() as tmp:
+        cls_rows = classifier(args, Path(tmp))
+        det_rows = detector(args, Path(tmp))
+    cols = [("format", "format"), ("runtime", "runtime"), ("max abs diff to PyTorch", "max_abs_diff"),
+            ("top-1 %", "top1"), ("agreement with float %", "agreement"), ("size MB", "size_mb")]
+    extra = [("identical to Google's file", "identical_to_google")] + (
+        [("latency ms", "latency_ms")] if args.latency else [])
+    print(f"MobileNet v1 0.25-128 (Google's uint8 file, imported), 100 shared ImageNet photos, "
+          f"{args.threads} thread(s)\n")
+    print(table(cls_rows, cols + extra))
+    dcols = [("format", "format"), ("runtime", "runtime"), ("max abs diff to PyTorch", "max_abs_diff"),
+             ("detections found (score >= 0.5, IoU >= 0.5)", "detections_found"), ("size MB", "size_mb")]
+    print("\nCOCO SSD MobileNet v1 (detect.tflite, imported), 108 shared photos\n")
+    print(table(det_rows, dcols + extra))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"classifier": cls_rows, "detector": det_rows}, indent=1))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
