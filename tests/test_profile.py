@@ -241,7 +241,10 @@ def test_only_the_slim_param_count_reproduces_all_16_rows(slim_grid):
 # ------------------------------------------------------------------ renderers and CLI
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # a flag refused at parse time (one line, exit 2, as argparse exits)
+        code = e.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -297,8 +300,9 @@ def test_cli_paper_tables(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["mobilenet_v1_100_225"], "unknown model 'mobilenet_v1_100_225'"),
-    (["--width-mult", "0"], "width_mult must be > 0, got 0.0"),
-    (["--resolution", "16"], "resolution must be an integer >= 32, got 16"),
+    (["--width-mult", "0"], "--width-mult: must be in (0, inf), got '0'"),
+    (["--width-mult", "inf"], "--width-mult: must be a finite number in (0, inf), got 'inf'"),
+    (["--resolution", "16"], "--resolution: must be an integer >= 32, got '16'"),
     (["--grid", "mobilenet_v1_100_224"], "--grid profiles the 16 named variants"),
     (["--paper", "--width-mult", "0.5"], "--paper profiles the paper's own models"),
 ])
