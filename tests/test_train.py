@@ -155,6 +155,19 @@ def test_training_learns_and_writes_the_run_folder(tmp_path):
     assert len(states) <= 3 and latest_state(tmp_path / "run").name == "step-00000009"
 
 
+def test_a_loss_gone_non_finite_between_reports_is_never_saved(tmp_path):
+    # the loss is read back every 1000 steps only, states are saved every step: the save itself must notice
+    data = tiny_data()
+    cfg = tiny_cfg(tmp_path, epochs=3, lr=1e30, optimizer="sgd", save_every_steps=1, log_every_steps=1000)
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        fit(cfg, train_set=data, class_names=CLASSES)
+    states = list_states(tmp_path / "run")
+    assert states, "the steps before the divergence were saved"
+    for state in states:
+        weights = load(state / "model.safetensors").state_dict()
+        assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()), state.name
+
+
 def test_max_steps_and_resume_auto_continue_the_same_run(tmp_path):
     data = tiny_data()
     first = fit(tiny_cfg(tmp_path, epochs=2, max_steps=4), train_set=data, class_names=CLASSES)

@@ -142,11 +142,17 @@ class _Sums:
     def as_list(self) -> list[float]:  # the layout of Progress.epoch_sums
         return [*self.values, self.count, self.seconds]
 
-    def fold(self, acc: torch.Tensor) -> None:
-        """Add device-side sums (one host sync) and reset them."""
+    def fold(self, acc: torch.Tensor, *, finite: bool) -> None:
+        """Add device-side sums (one host sync) and reset them.
+
+        Every state save folds first, so with ``finite`` a loss that became non-finite between two reporting steps
+        stops the run here, before its weights could be saved (under an fp16 scaler, skipped inf steps are normal).
+        """
         for i, v in enumerate(acc.tolist()):
             self.values[i] += v
         acc.zero_()
+        if finite and not math.isfinite(self.values[0]):
+            raise FloatingPointError("non-finite loss since the last report; the last good state is kept; lower --lr")
 
 
 def _autocast(device: torch.device, amp: str) -> Any:
@@ -359,7 +365,7 @@ def run(task: Task, cfg: EngineConfig, *, info: DistInfo | None = None) -> Itera
                     # Under DDP all ranks must agree to stop at the same step: that takes a collective, so it
                     # happens on reporting steps only (a signal is acted on within log_every_steps steps).
                     if (report or not info.distributed) and any_rank(stop.signal is not None, info.device):
-                        sums.fold(epoch_acc)
+                        sums.fold(epoch_acc, finite=scaler is None)
                         progress.epoch_sums = [*sums.values, sums.count, sums.seconds + elapsed]
                         path = save_now()
                         if lock is not None:
@@ -372,12 +378,12 @@ def run(task: Task, cfg: EngineConfig, *, info: DistInfo | None = None) -> Itera
                         break
                     if cfg.save_every_steps and progress.global_step % cfg.save_every_steps == 0 \
                             and not end_of_epoch:
-                        sums.fold(epoch_acc)
+                        sums.fold(epoch_acc, finite=scaler is None)
                         progress.epoch_sums = [*sums.values, sums.count, sums.seconds + elapsed]
                         path = save_now()
                         yield {"event": "saved", "path": str(path) if path else None,
                                "global_step": progress.global_step}
-                sums.fold(epoch_acc)
+                sums.fold(epoch_acc, finite=scaler is None)
                 sums.seconds += time.perf_counter() - t_epoch
 
                 # epoch end: reduce train metrics over ranks, validate, save
