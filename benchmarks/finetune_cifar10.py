@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default="keras,tflite,scratch_224,scratch_128",
                     help="which rows: keras, tflite, scratch_224, scratch_128")
+    ap.add_argument("--extra", default="", help="more `mobilenet train` flags for every run, e.g. '--normalization tf'")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     args = ap.parse_args()
 
@@ -116,7 +117,7 @@ def main() -> None:
             raise SystemExit(f"unknown run {key!r}; choose from {', '.join(plans)}")
         label, extra = plans[key]
         run_dir = args.out / "runs" / key
-        cmd = [*mobilenet, "train", *common, *extra, "--out", str(run_dir)]
+        cmd = [*mobilenet, "train", *common, *extra, *shlex.split(args.extra), "--out", str(run_dir)]
         seconds = run(cmd, args.threads)
         history = [r for r in read_metrics(run_dir) if "val_top1" in r]
         rows.append({"run": key, "start": label, "epochs": history[-1]["epoch"],

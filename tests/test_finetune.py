@@ -71,7 +71,7 @@ def test_train_pretrained_from_the_cache(tmp_path: Path, monkeypatch: pytest.Mon
     tuned = load(tmp_path / "run" / "last.safetensors")
     assert tuned.num_classes == 3 and tuned.config.preset == "tf" and tuned.config.width_mult == 0.25
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["pretrained"] is True and config["head_lr_mult"] == 10.0
+    assert config["pretrained"] is True and config["head_lr_mult"] == 5.0
 
 
 def test_finetune_recipe_resolves_to_a_fine_tuning_run() -> None:
