@@ -158,7 +158,9 @@ class TrainConfig(EngineConfig):
     split_seed: int = _f(0, "seed of the train/val split")
     augment: Literal["imagenet", "cifar", "none"] = _f("imagenet", "training augmentation")
     cutout: int = _f(0, "cutout square size in pixels (0: off; with device_data)")
-    normalization: Literal["imagenet", "tf"] = _f("imagenet", "input normalisation (tf: pixels to [-1, 1])")
+    normalization: Literal["imagenet", "tf"] | None = _f(
+        None, "input normalisation (tf: pixels to [-1, 1]); default: the weights' own with --weights or --pretrained, "
+              "else imagenet")
     crop_fraction: float = _f(0.875, "central crop fraction at evaluation")
     device_data: bool = _f(False, "decode the data once into one uint8 tensor on the device and augment whole "
                                   "batches there (small sets such as CIFAR-10; augment cifar or none)")

@@ -214,6 +214,30 @@ def test_weights_take_the_resolution_and_stem_given_and_refuse_another_width(tmp
             train_set=tiny_data(), class_names=CLASSES)
 
 
+def test_weights_keep_their_input_normalisation_unless_told(tmp_path, capsys):
+    # issue 16: fine-tuning a [-1, 1] model silently switched it to ImageNet mean/std
+    from mobilenet.cli import main
+    from mobilenet.preprocessing import Preprocessing
+
+    src = MobileNetV1(width_mult=0.25, resolution=32, num_classes=3, preset="tf")
+    save(src, tmp_path / "src.safetensors", class_names=CLASSES, preprocessing=Preprocessing.tf(32))
+    kept = load(fit(tiny_cfg(tmp_path, weights=str(tmp_path / "src.safetensors"), resolution=None, epochs=1),
+                    train_set=tiny_data(), class_names=CLASSES)["last"])
+    assert kept.weights_info.preprocessing.mean == (127.5,) * 3 and kept.weights_info.preprocessing.std == (127.5,) * 3
+    told = load(fit(tiny_cfg(tmp_path, weights=str(tmp_path / "src.safetensors"), resolution=None, epochs=1,
+                             normalization="imagenet", out=str(tmp_path / "told")),
+                    train_set=tiny_data(), class_names=CLASSES)["last"])
+    assert told.weights_info.preprocessing.mean == Preprocessing.imagenet(32).mean
+    new = load(fit(tiny_cfg(tmp_path, epochs=1, out=str(tmp_path / "new")), train_set=tiny_data(),
+                   class_names=CLASSES)["last"])
+    assert new.weights_info.preprocessing.mean == Preprocessing.imagenet(32).mean  # no weights: ImageNet's
+    # --print-config shows what the weights decide
+    assert main(["train", "--weights", str(tmp_path / "src.safetensors"), "--print-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["preset"], shown["width_mult"], shown["resolution"]) == ("tf", 0.25, 32)
+    assert shown["normalization"] == "from the weights" and shown["preprocessing"]["mean"] == [127.5] * 3
+
+
 def test_a_tflite_import_fine_tunes_with_real_batchnorm(tmp_path):
     # issue 13: the import's BN is identity + folded bias; trained as a real BN it normalised with batch statistics
     # the weights never saw (digits: 98% -> 60% after one unfrozen epoch; 98.3 / 96.9 / 98.6% with this fix)

@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = resolve(args.config, overrides_from_args(args))
     if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
+        from ..engine.classify import resolved_settings
+
+        print(json.dumps(resolved_settings(cfg), indent=2))
         return 0
     info = setup(cfg.device)
     try:

@@ -135,12 +135,30 @@ def restore_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     return len(layers)
 
 
-def preprocessing_for(cfg: TrainConfig, resolution: int) -> Preprocessing:
-    """Evaluation preprocessing at the model's ``resolution``; travels with the weights. On the device path the
-    images are resized whole (no crop)."""
-    base = Preprocessing.tf(resolution) if cfg.normalization == "tf" else Preprocessing.imagenet(resolution)
+def preprocessing_for(cfg: TrainConfig, resolution: int, saved: Preprocessing | None = None) -> Preprocessing:
+    """Evaluation preprocessing at the model's ``resolution``; travels with the weights. The normalisation is
+    ``cfg.normalization`` when given, else the one ``saved`` with the initial weights (a model trained on [-1, 1]
+    inputs keeps them), else ImageNet's. On the device path the images are resized whole (no crop)."""
+    if cfg.normalization is None and saved is not None:
+        base = saved
+    else:
+        base = Preprocessing.tf(resolution) if cfg.normalization == "tf" else Preprocessing.imagenet(resolution)
     crop = 1.0 if cfg.device_data else cfg.crop_fraction
-    return Preprocessing.from_dict({**base.to_dict(), "crop_fraction": crop})
+    return Preprocessing.from_dict({**base.to_dict(), "resolution": resolution, "crop_fraction": crop})
+
+
+def resolved_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg`` as a dict with what the run will actually use filled in: the model's architecture (the weights'
+    with ``--weights``/``--pretrained``, with the applicable flags applied) and the preprocessing that goes with
+    it (``--print-config``)."""
+    config, source = model_config(cfg)
+    saved = WeightsInfo.from_header(source[1]).preprocessing if source is not None else None
+    out = cfg.to_dict()
+    out.update({k: getattr(config, k) for k in ARCHITECTURE})
+    if cfg.normalization is None:
+        out["normalization"] = "from the weights" if saved is not None else "imagenet"
+    out["preprocessing"] = preprocessing_for(cfg, config.resolution, saved).to_dict()
+    return out
 
 
 def open_datasets(cfg: TrainConfig, preprocessing: Preprocessing) -> tuple[Any, Any, list[str]]:
@@ -209,7 +227,8 @@ class ClassificationTask:
     def prepare(self, info: DistInfo) -> Prepared:
         cfg, names = self.cfg, self.class_names
         resolved = model_config(cfg)
-        pre = preprocessing_for(cfg, resolved[0].resolution)
+        saved = WeightsInfo.from_header(resolved[1][1]).preprocessing if resolved[1] is not None else None
+        pre = preprocessing_for(cfg, resolved[0].resolution, saved)
         train_set, val_set = self.train_set, self.val_set
         if train_set is None:
             train_set, opened_val, opened_names = open_datasets(cfg, pre)
@@ -303,4 +322,4 @@ def fit(cfg: TrainConfig, **kwargs: Any) -> dict[str, Any]:
 
 
 __all__ = ["ClassificationTask", "build_model", "distillation_loss", "fit", "open_datasets", "preprocessing_for",
-           "set_backbone_frozen", "train"]
+           "resolved_settings", "set_backbone_frozen", "train"]
