@@ -9,9 +9,10 @@ the order rotated every round), median and p10/p90 of the repeats. Each thread c
 
 * ours: ``eager``, ``folded``, ``channels_last``, ``int8`` (PyTorch), ``onnxruntime``(-int8), ``openvino``
   (f32), ``openvino-bf16``, ``openvino-int8`` (NNCF), ``openvino-int8-qdq``, ``tflite``, ``executorch``(-int8);
-* peers: ``peer-openvino`` (OpenVINO's own defaults on our ONNX), ``peer-timm`` (eager; ``--compile`` adds
-  ``peer-timm-compile``) where timm has the width, ``peer-tflite`` (the interpreter, XNNPACK, on Google's own
-  ``.tflite`` where ``--google-dir`` has one: ``mobilenet_v1_{alpha}_{res}_quant.tflite``).
+* peers: ``peer-openvino`` (OpenVINO's own defaults on our ONNX), ``peer-openvino-nncf`` (OpenVINO's own int8
+  recipe on it: ``nncf.quantize`` with its defaults, the same calibration images), ``peer-timm`` (eager;
+  ``--compile`` adds ``peer-timm-compile``) where timm has the width, ``peer-tflite`` (the interpreter, XNNPACK,
+  on Google's own ``.tflite`` where ``--google-dir`` has one: ``mobilenet_v1_{alpha}_{res}_quant.tflite``).
 
 Ratios per row: ``vs fastest peer`` = fastest peer time / the row's time (> 1: faster than every peer), and per
 variant the best of ours against the fastest peer, and int8 against float. Accuracy beside speed where real
@@ -43,7 +44,7 @@ DATA = Path(os.environ.get("MOBILENET_DATA", REPO.parent / "shared" / "data"))
 import torch  # noqa: E402
 
 from mobilenet.deploy.bench import _percentile, environment, render_table, time_interleaved  # noqa: E402
-from mobilenet.deploy.paths import OURS, PATHS, PEERS, Unavailable, build  # noqa: E402
+from mobilenet.deploy.paths import OURS, PATHS, PEERS, Unavailable, build, nncf_defaults  # noqa: E402
 
 DETECTOR_FORMATS = ("tflite", "onnx", "openvino", "openvino-int8", "executorch", "executorch-int8")
 
@@ -101,7 +102,7 @@ def _classifier(name: str, args: argparse.Namespace, batch: int, threads: int) -
     times = time_interleaved(fns, repeats=args.repeats, warmup=args.warmup, min_sample_s=0.02)
     rows = {n: {"median_ms": statistics.median(t) * 1e3, "p10_ms": _percentile(t, 0.1) * 1e3,
                 "p90_ms": _percentile(t, 0.9) * 1e3, "precision": PATHS[n].precision, "peer": PATHS[n].peer,
-                "runtime": built[n].description} for n, t in times.items()}
+                "runtime": built[n].description, "times_ms": [v * 1e3 for v in t]} for n, t in times.items()}
     if photos is not None:  # held-out (odd) photos: top-1 and agreement with the float model
         held, labels = photos[0][1::2], photos[1][1::2]
         with torch.inference_mode():
@@ -155,6 +156,15 @@ def _detector(args: argparse.Namespace, batch: int, threads: int) -> dict[str, A
         except (runtimes.RuntimeMissingError, ValueError) as e:
             skipped[fmt] = str(e).splitlines()[0]
     dets["peer-tflite"] = RuntimeDetector(runtimes.load(src, threads=threads))
+    if "onnx" in dets and not args.tiny:  # OpenVINO on our float ONNX: its defaults, and its own int8 recipe
+        try:
+            dets["peer-openvino"] = RuntimeDetector(_with_metadata(
+                runtimes.load(folder / "onnx.onnx", runtime="openvino", threads=threads), model))
+            dets["peer-openvino-nncf"] = RuntimeDetector(_with_metadata(
+                runtimes.load(nncf_defaults(folder / "onnx.onnx", images[0::2], folder / "peer-nncf.xml"),
+                              threads=threads), model))
+        except (runtimes.RuntimeMissingError, ValueError, Unavailable) as e:
+            skipped["peer-openvino"] = str(e).splitlines()[0]
     x = images[:batch] if len(images) >= batch else images.repeat(batch, 1, 1, 1)[:batch]
     fns = {"eager": lambda: model(x)}
     for n, d in dets.items():
@@ -166,8 +176,9 @@ def _detector(args: argparse.Namespace, batch: int, threads: int) -> dict[str, A
             fn()
         times = time_interleaved(fns, repeats=args.repeats, warmup=args.warmup, min_sample_s=0.02)
     rows = {n: {"median_ms": statistics.median(t) * 1e3, "p10_ms": _percentile(t, 0.1) * 1e3,
-                "p90_ms": _percentile(t, 0.9) * 1e3, "peer": n.startswith("peer"),
-                "precision": "int8" if n.endswith("int8") or n == "peer-tflite" else "float32"}
+                "p90_ms": _percentile(t, 0.9) * 1e3, "peer": n.startswith("peer"), "times_ms": [v * 1e3 for v in t],
+                "precision": ("int8" if n.endswith("int8") or n in ("peer-tflite", "peer-openvino-nncf") else
+                              "default" if n == "peer-openvino" else "float32")}
             for n, t in times.items()}
     for n, d in dets.items():  # detections of the float model (score >= 0.5) found at IoU >= 0.5
         found = Parity()
@@ -212,10 +223,18 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _summary(name: str, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _keeps_accuracy(row: dict[str, Any], float_top1: float | None) -> bool:
+    # as export --target cpu decides: within 1 point top-1 of float where labels exist (else speed alone)
+    return float_top1 is None or row.get("top1") is None or row["top1"] >= float_top1 - 1.0
+
+
+def _summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per variant: our fastest path that keeps accuracy against the fastest peer, and int8 against float."""
     ours = {n: r for n, r in rows.items() if not r["peer"]}
     peers = {n: r for n, r in rows.items() if r["peer"]}
-    best = min(ours, key=lambda n: ours[n]["median_ms"]) if ours else None
+    float_top1 = max((r["top1"] for r in ours.values() if r["precision"] == "float32" and "top1" in r), default=None)
+    kept = {n: r for n, r in ours.items() if _keeps_accuracy(r, float_top1)}
+    best = min(kept, key=lambda n: kept[n]["median_ms"]) if kept else None
     out: dict[str, Any] = {"best_ours": best}
     if peers and best:
         fastest_peer = min(peers, key=lambda n: peers[n]["median_ms"])
@@ -226,6 +245,34 @@ def _summary(name: str, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if floats and int8s:
         out["int8_vs_float"] = round(min(floats) / min(int8s), 3)  # > 1: int8 faster
     return out
+
+
+def _ratio_spread(peer: list[float], ours: list[float]) -> str:
+    """The median ratio peer/ours and its p10-p90 over the interleaved rounds (round i of both ran side by side)."""
+    import statistics
+
+    ratios = [p / o for p, o in zip(peer, ours, strict=False)]
+    return f"{statistics.median(ratios):.2f}x ({_percentile(ratios, 0.1):.2f}-{_percentile(ratios, 0.9):.2f})"
+
+
+def overview(results: list[dict[str, Any]]) -> str:
+    """One row per variant, batch and thread count: our fastest path that keeps accuracy against the fastest peer."""
+    header = ["variant", "batch", "threads", "ours (fastest that keeps accuracy)", "ms", "fastest peer", "ms",
+              "ours vs peer (p10-p90)", "int8 vs float"]
+    table = []
+    for res in results:
+        for key, v in res["variants"].items():
+            if "rows" not in v:
+                continue
+            rows, s = v["rows"], _summary(v["rows"])
+            name, batch = key.rsplit("@", 1)
+            best, peer = s.get("best_ours"), s.get("fastest_peer")
+            table.append([name, batch, str(res["threads"]), best or "-",
+                          f"{rows[best]['median_ms']:.3f}" if best else "-", peer or "-",
+                          f"{rows[peer]['median_ms']:.3f}" if peer else "-",
+                          _ratio_spread(rows[peer]["times_ms"], rows[best]["times_ms"]) if best and peer else "-",
+                          f"{s['int8_vs_float']:.2f}x" if "int8_vs_float" in s else "-"])
+    return render_table(header, table, "markdown")
 
 
 def report(results: list[dict[str, Any]]) -> str:
@@ -248,9 +295,9 @@ def report(results: list[dict[str, Any]]) -> str:
                       f"{fastest_peer / r['median_ms']:.2f}x" if fastest_peer else "-",
                       str(r.get("top1", "-")), str(r.get("agreement", "-")), str(r.get("detections_found", "-"))]
                      for n, r in sorted(rows.items(), key=lambda kv: kv[1]["median_ms"])]
-            s = _summary(key, rows)
+            s = _summary(rows)
             v["summary"] = s
-            lines += ["", f"**{key}** ({v['weights']}): best of ours {s.get('best_ours')}"
+            lines += ["", f"**{key}** ({v['weights']}): fastest of ours that keeps accuracy {s.get('best_ours')}"
                       + (f", {s['ours_vs_peer']:.2f}x the fastest peer ({s['fastest_peer']})" if "ours_vs_peer" in s
                          else "") + (f"; int8 {s['int8_vs_float']:.2f}x float" if "int8_vs_float" in s else ""),
                       "", render_table(header, table, "markdown")]
@@ -278,6 +325,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=None, help="folder for the exported files (default: temporary)")
     ap.add_argument("--tiny", action="store_true", help="one small variant, batch 1, 1 thread, few repeats")
     ap.add_argument("--json", help="write every number here")
+    ap.add_argument("--markdown", help="write the printed tables here too (e.g. docs/cpu_runtimes.md)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.tiny and not args.worker:
@@ -304,7 +352,11 @@ def main() -> None:
             if proc.returncode != 0:
                 sys.exit(f"the {threads}-thread run failed (exit {proc.returncode}); its log is above")
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(report(results))
+    text = overview(results) + "\n\n" + report(results)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(f"<!-- made by: python benchmarks/cpu_runtimes.py {' '.join(sys.argv[1:])} -->\n"
+                                       + text + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -8,7 +8,9 @@ folder and loaded in its runtime through :mod:`mobilenet.runtimes`, or the PyTor
 (``timed``: the runtime on its own input, so conversion to NHWC or uint8 is not timed, alike for every path).
 
 Peers: ``peer-openvino`` is OpenVINO with its own defaults on our float ONNX file (bf16 on CPUs that have it),
-what a user who takes our ONNX to OpenVINO gets; ``peer-tflite`` is the TF Lite interpreter (XNNPACK) on Google's
+what a user who takes our ONNX to OpenVINO gets; ``peer-openvino-nncf`` is what the same user gets from OpenVINO's
+own int8 recipe (``nncf.quantize`` with its defaults on that ONNX, the same calibration images, compiled with the
+plugin's defaults); ``peer-tflite`` is the TF Lite interpreter (XNNPACK) on Google's
 own ``.tflite`` for the variant (where one is given); ``peer-timm`` and ``peer-timm-compile`` are timm's
 ``mobilenetv1_*`` for the same width (where timm has it), eager and ``torch.compile``d.
 """
@@ -63,6 +65,7 @@ PATHS: dict[str, DeployPath] = {p.name: p for p in (
     DeployPath("executorch", "executorch", "executorch", slow=True),
     DeployPath("executorch-int8", "executorch", "executorch-int8", precision="int8", slow=True),
     DeployPath("peer-openvino", "openvino", "onnx", peer=True, precision="default"),
+    DeployPath("peer-openvino-nncf", "openvino", "onnx", peer=True, precision="int8"),
     DeployPath("peer-tflite", "tflite", None, peer=True, precision="file"),
     DeployPath("peer-timm", "torch", variant="timm", peer=True),
     DeployPath("peer-timm-compile", "torch", variant="timm-compile", peer=True, slow=True),
@@ -170,6 +173,12 @@ def _exported(model: MobileNetV1, path: DeployPath, *, batch: int, threads: int,
         if google_file is None:
             raise Unavailable("no Google .tflite given for this variant")
         file = Path(google_file)
+    elif path.name == "peer-openvino-nncf":
+        onnx_file = folder / f"onnx{SUFFIXES['onnx']}"  # the float ONNX of the onnxruntime path, shared
+        if not onnx_file.exists():
+            export(model, onnx_file, format="onnx")
+        file = nncf_defaults(onnx_file, calibration if calibration is not None else torch.randn(8, *_input(model)),
+                             folder / "peer-nncf.xml")
     else:
         file = folder / f"{path.format}{SUFFIXES[path.format]}"  # type: ignore[index]
         if not file.exists():  # a format shared by several paths (onnx, onnx-int8) is exported once
@@ -203,6 +212,27 @@ def _exported(model: MobileNetV1, path: DeployPath, *, batch: int, threads: int,
         return out[0] if isinstance(out, tuple) else out
 
     return Built(path, predict, timed, predictor.describe(), file)
+
+
+def nncf_defaults(onnx_file: Path, calibration: torch.Tensor, file: Path) -> Path:
+    """OpenVINO's int8 recipe as its documentation gives it, on a float ONNX file: ``read_model``,
+    ``nncf.quantize`` with every setting at its default, ``save_model`` into ``file`` (kept when it exists).
+    What a user does without us: the peer of our own int8 IRs (recorded grids and our choices on top)."""
+    import contextlib
+    import sys
+
+    if file.exists():
+        return file
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError:
+        raise Unavailable("OpenVINO's int8 recipe needs openvino and nncf: pip install 'mobilenet[openvino]'") from None
+    dataset = nncf.Dataset([x[None].numpy() for x in calibration])
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF draws its progress on stdout
+        quantized = nncf.quantize(ov.Core().read_model(str(onnx_file)), dataset, subset_size=len(calibration))
+    ov.save_model(quantized, str(file))
+    return file
 
 
 def build(model: MobileNetV1, name: str, *, batch: int = 1, threads: int | None = None,

@@ -95,7 +95,9 @@ class OpenVINOPredictor(Predictor):
         return f"openvino {version} (CPU, {self.precision}): " + super().describe().split(": ", 1)[1]
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
-        result = self.request.infer({0: x})
+        # share_inputs: the request reads the (C-contiguous, right-typed) array in place instead of copying it
+        # first; the call is synchronous, so the array outlives its use
+        result = self.request.infer({0: x}, share_inputs=True)
         return [np.asarray(result[o]) for o in self.compiled.outputs]
 
 
