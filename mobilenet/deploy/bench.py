@@ -11,8 +11,8 @@ Variants
     x86 PTQ), and each export in its runtime (a row per runtime): ``onnxruntime`` and ``onnxruntime-int8`` (QDQ),
     ``openvino`` (f32), ``openvino-bf16``, ``openvino-int8`` (NNCF), ``openvino-int8-qdq``, ``tflite``,
     ``executorch`` and ``executorch-int8`` (XNNPACK), each where its runtime is installed; with ``peers`` also
-    what a user gets without us (``peer-openvino``: OpenVINO's defaults on our ONNX; ``peer-timm``; ``peer-tflite``
-    on Google's file). A runtime row times the runtime on its own input (layout and dtype converted beforehand).
+    what a user gets without us (``peer-openvino``: OpenVINO's defaults on our ONNX; ``peer-openvino-nncf``: its
+    int8 recipe, NNCF's defaults, on the same file; ``peer-timm``; ``peer-tflite`` on Google's file). A runtime row times the runtime on its own input (layout and dtype converted beforehand).
     cpu forward-backward (train mode): ``eager``, ``channels_last``, ``compile``.
     cuda forward: ``eager``, ``folded``, ``channels_last``, ``fp16``, ``bf16`` (folded, channels_last,
     half-precision weights), ``compile-fp16`` and ``cuda-graphs-fp16`` (a captured static-shape replay).
@@ -42,17 +42,17 @@ from tqdm import tqdm
 from .. import strict_json
 from ..model import MobileNetV1
 from .fold import fold_bn
+from .paths import OURS, PATHS, PEERS
 
 DEVICES = ("cpu", "cuda")
 PASSES = ("forward", "forward-backward")
-CPU_FORWARD = ("eager", "folded", "channels_last", "compile", "int8", "onnxruntime", "onnxruntime-int8", "openvino",
-               "openvino-bf16", "openvino-int8", "openvino-int8-qdq", "tflite", "executorch", "executorch-int8")
-CPU_PEERS = ("peer-openvino", "peer-tflite", "peer-timm", "peer-timm-compile")
+CPU_FORWARD = OURS  # every CPU path is a deployment path (mobilenet.deploy.paths)
+CPU_PEERS = PEERS
 CPU_TRAIN = ("eager", "channels_last", "compile")
 CUDA_FORWARD = ("eager", "folded", "channels_last", "fp16", "bf16", "compile-fp16", "cuda-graphs-fp16")
 CUDA_TRAIN = ("eager", "channels_last", "amp-fp16", "amp-bf16", "compile-amp-bf16")
-QUANTIZED = frozenset({"int8", "onnxruntime-int8", "openvino-int8", "openvino-int8-qdq", "executorch-int8",
-                       "openvino-bf16", "peer-openvino", "peer-tflite"})  # not float32: left out of the recommendation
+# not float32 (int8, bf16, a runtime's default, a peer's own file): left out of the float recommendation
+QUANTIZED = frozenset(n for n, p in PATHS.items() if p.precision != "float32")
 REDUCED = frozenset({"fp16", "bf16", "compile-fp16", "cuda-graphs-fp16"})
 ALL_VARIANTS = tuple(dict.fromkeys(CPU_FORWARD + CPU_PEERS + CPU_TRAIN + CUDA_FORWARD + CUDA_TRAIN))
 
