@@ -9,7 +9,8 @@ from typing import Any
 
 from ..checkpoint import atomic_write
 
-_COLOURS = {"key": "#1f77b4", "changed": "#d62728", "brightness": "#9467bd", "crops": "#2ca02c", "static": "#7f7f7f"}
+_COLOURS = {"key": "#1f77b4", "changed": "#d62728", "brightness": "#9467bd", "crops": "#2ca02c", "held": "#ff7f0e",
+            "static": "#7f7f7f"}
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

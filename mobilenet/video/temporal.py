@@ -17,8 +17,12 @@ every crop are kept as they were (static regions); those inside a crop are repla
 A full frame is detected instead when it is a key frame (every ``key_interval`` frames), when the changed
 area passes ``max_changed`` of the frame (camera motion, a cut), when the mean brightness jumps by more than
 ``max_brightness_shift`` grey levels (lights switched, auto-exposure), when there are more than
-``max_crops`` regions, or when the crops would cost about as much as the full frame. Each frame's record
-says which (``mode``: ``key``, ``changed``, ``brightness``, ``crops`` or ``static``).
+``max_crops`` regions, or when the crops would cost about as much as the full frame. That last case is a
+large object moving (someone walking close to the camera: a crop of the frame's aspect around them is the
+frame): when all the change touches tracked objects, their boxes are kept for up to ``hold_frames`` frames
+before a full frame detects them again (at 10 frames/s a walking person's box moves a small part of its size
+per frame). Each frame's record says which (``mode``: ``key``, ``changed``, ``brightness``, ``crops``,
+``held`` or ``static``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from ..detection.nms import batched_nms
 from ..detection.postprocess import Detections
 from .detector import FrameDetector, resize_pixels
 
-MODES = ("key", "changed", "brightness", "crops", "static")
+MODES = ("key", "changed", "brightness", "crops", "held", "static")
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,13 @@ class TemporalConfig:
     max_crop: float = 1.0  # a region needing a larger crop (fraction of the frame) gets the full frame
     margin: float = 0.1  # added around each region, as a fraction of its size
     inner_motion: float = 0.3  # a region inside a tracked box and smaller than this fraction of it is ignored
+    hold_frames: int = 1  # frames a large moving tracked object keeps its box when its crop would cost a full frame
 
     def __post_init__(self) -> None:
         if self.key_interval < 1:
             raise ValueError(f"key_interval must be >= 1, got {self.key_interval}")
+        if self.hold_frames < 0:
+            raise ValueError(f"hold_frames must be >= 0, got {self.hold_frames}")
         if self.cell < 1 or self.crop_size < 32:
             raise ValueError(f"need cell >= 1 and crop_size >= 32, got {self.cell}, {self.crop_size}")
         if not 0 < self.min_crop <= self.max_crop <= 1:
@@ -138,8 +145,8 @@ def find_changes(previous: torch.Tensor, current: torch.Tensor, cfg: TemporalCon
     cells = (changed >= cfg.cell_fraction).float()
     fraction = float(cells.mean())
     shift = float((current.mean() - previous.mean()).abs())
-    if fraction == 0:
-        return Change(torch.zeros(0, 4, device=current.device), 0.0, shift)
+    if fraction == 0 or fraction > cfg.max_changed:  # nothing, or a full frame anyway: no regions to find
+        return Change(torch.zeros(0, 4, device=current.device), fraction, shift)
     closed = _erode(_dilate(cells, 1), 1)
     grown = _dilate(closed, cfg.dilate_cells)[0, 0] > 0
     boxes = component_boxes(connected_components(grown), cfg.min_region_cells + 2 * cfg.dilate_cells)
@@ -248,10 +255,11 @@ class TemporalDetector:
         self._previous: torch.Tensor | None = None
         self._tracked: Detections | None = None
         self._since_key = 0
+        self._held = 0  # consecutive frames whose large moving objects kept their boxes
 
     def reset(self) -> None:
         """Forget the previous frame (the next one is a key frame)."""
-        self._previous, self._tracked, self._since_key = None, None, 0
+        self._previous, self._tracked, self._since_key, self._held = None, None, 0, 0
 
     def _full(self, pixels: torch.Tensor) -> Detections:
         d = self.detector.detect(resize_pixels(pixels[None], self.detector.input_size))[0]
@@ -283,16 +291,21 @@ class TemporalDetector:
                 side = None if windows is None else self.crop_input(windows, w)
                 mh, mw = self.detector.input_size
                 if windows is None or side is None or windows.shape[0] * side[0] * side[1] >= 0.9 * mh * mw:
-                    mode = "changed"  # a full frame costs about as much as the crops
+                    # a full frame costs about as much as the crops: unless only tracked objects moved and they
+                    # have not kept their boxes for long, detect the full frame
+                    known = bool((box_intersection(regions, self._tracked.boxes) > 0).any(1).all()) \
+                        if self._tracked.boxes.shape[0] else False
+                    mode = "held" if known and self._held < cfg.hold_frames else "changed"
                 else:
                     mode = "crops"
                     record.update(crops=int(windows.shape[0]), crop_input=side[0])
                     dets = self._crops(pixels, windows, side)
         self._previous = g
+        self._held = self._held + 1 if mode == "held" else 0
         if mode in ("key", "changed", "brightness"):
             dets = self._full(pixels)
             self._since_key = 0
-        elif mode == "static":
+        elif mode in ("static", "held"):
             dets = self._tracked  # type: ignore[assignment]
             self._since_key += 1
         else:
