@@ -601,6 +601,67 @@ def onnx_overrides(model: Any, activation_ranges: dict[str, tuple[float, float]]
     return overrides
 
 
+def int8_activation_grids(model: nn.Module) -> dict[str, tuple[float, int]]:
+    """The recorded activation grids of ``model`` (:func:`recorded_grids`) as int8 ``(scale, zero_point)`` by name.
+
+    A uint8 grid [0, 255] with zero point z is the int8 grid [-128, 127] with zero point z - 128: the same real
+    values, so a runtime with signed int8 activations (XNNPACK, through PT2E) lands exactly on the recorded grid.
+    """
+    ranges, _ = recorded_grids(model)
+    grids = {}
+    for name, (lo, hi) in ranges.items():
+        scale, zero_point = _uint8_grid(lo, hi)
+        grids[name] = (scale, zero_point - 128)
+    return grids
+
+
+SYMMETRIC_LEVELS = 127  # a symmetric int8 weight grid: q in [-127, 127], zero point 0
+
+
+def symmetric_scales(weight: torch.Tensor, grid_scale: float | list[float] | None = None, *,
+                     min_scale: float = 1e-12) -> torch.Tensor:
+    """Per-output-channel scales ``(O,)`` of a symmetric int8 grid (zero point 0, ``|q| <= 127``) for ``weight``.
+
+    A channel whose values are whole multiples of its ``grid_scale`` (the recorded grid of a quantization-aware
+    trained import, one per tensor or one per channel; its zero point does not matter: ``(q - z) * s`` is a
+    multiple of ``s``) and need at most 127 of them keeps that scale, which quantizes it losslessly; every other
+    channel gets the min/max scale ``max|w| / 127`` (at least ``min_scale``). On Google's 0.25-128 file 3681 of
+    the 3737 kernel channels fit; the one or two per layer reaching more than 127 steps from the zero point
+    cannot be exact in any symmetric int8 grid.
+    """
+    w = weight.detach().double().flatten(1)  # (O, I*kh*kw)
+    peak = w.abs().amax(1)
+    scales = (peak / SYMMETRIC_LEVELS).clamp_min(min_scale)  # an all-zero channel: any scale is exact
+    if grid_scale is None:
+        return scales.float()
+    grid = torch.as_tensor(grid_scale, dtype=torch.float64).reshape(-1).expand(len(w))
+    steps = w / grid[:, None]
+    on_grid = (steps - steps.round()).abs().amax(1) < 1e-3  # float32 storage of (q - z) * s: ~1e-5 off
+    fits = on_grid & (steps.abs().amax(1).round() <= SYMMETRIC_LEVELS)
+    return torch.where(fits, grid, scales).float()
+
+
+def symmetric_weight_grids(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """The recorded weight grids of ``model`` (:func:`recorded_grids`) moved onto per-channel symmetric int8 grids
+    (:func:`symmetric_scales` of the BN-folded kernels: exact where a channel fits), in the format of
+    ``weight_grids`` (state-dict name -> scale/zero_point/quant_min/quant_max/axis). Runtimes whose int8 kernels
+    are fastest with zero-point-free weights (OpenVINO's CPU plugin) take these instead of the file's asymmetric
+    per-tensor grids."""
+    from .fold import fold_bn
+
+    _, grids = recorded_grids(model)
+    if not grids:
+        return {}
+    state = (model if getattr(model, "bn_folded", False) else fold_bn(model)).state_dict()
+    out = {}
+    for name, grid in grids.items():
+        if name not in state or int(grid.get("axis", 0)) != 0:
+            continue
+        scales = symmetric_scales(state[name], [float(s) for s in grid["scale"]]).tolist()
+        out[name] = {"scale": scales, "zero_point": [0] * len(scales), "quant_min": -128, "quant_max": 127, "axis": 0}
+    return out
+
+
 def quantize_onnx(
     float_onnx: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
