@@ -27,6 +27,7 @@ model's metadata inside, since safetensors cannot hold packed int8 weights.
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import json
@@ -641,25 +642,79 @@ def symmetric_scales(weight: torch.Tensor, grid_scale: float | list[float] | Non
     return torch.where(fits, grid, scales).float()
 
 
-def symmetric_weight_grids(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """The recorded weight grids of ``model`` (:func:`recorded_grids`) moved onto per-channel symmetric int8 grids
-    (:func:`symmetric_scales` of the BN-folded kernels: exact where a channel fits), in the format of
-    ``weight_grids`` (state-dict name -> scale/zero_point/quant_min/quant_max/axis). Runtimes whose int8 kernels
-    are fastest with zero-point-free weights (OpenVINO's CPU plugin) take these instead of the file's asymmetric
-    per-tensor grids."""
+def _folded(model: nn.Module) -> nn.Module:
     from .fold import fold_bn
 
-    _, grids = recorded_grids(model)
-    if not grids:
+    return model if getattr(model, "bn_folded", False) else fold_bn(model)
+
+
+def symmetric_weight_grids(model: nn.Module, *, every_conv: bool = False, use_recorded: bool = True
+                           ) -> dict[str, dict[str, Any]]:
+    """Per-channel symmetric int8 grids (:func:`symmetric_scales` of the BN-folded kernels) for the convs whose
+    weights have a recorded grid (:func:`recorded_grids`; exact where a channel fits it), or with ``every_conv``
+    for every conv (min/max scales where nothing is recorded), in the format of ``weight_grids`` (state-dict name
+    -> scale/zero_point/quant_min/quant_max/axis). Runtimes whose int8 kernels are fastest with zero-point-free
+    weights (OpenVINO's CPU plugin) take these instead of a file's asymmetric per-tensor grids; and with the grid
+    chosen here, :func:`bias_corrected` can correct for it. ``use_recorded=False``: as if nothing were recorded."""
+    recorded = recorded_grids(model)[1] if use_recorded else {}
+    if not (recorded or every_conv):
         return {}
-    state = (model if getattr(model, "bn_folded", False) else fold_bn(model)).state_dict()
     out = {}
-    for name, grid in grids.items():
-        if name not in state or int(grid.get("axis", 0)) != 0:
+    for name, module in _folded(model).named_modules():
+        key = f"{name}.weight"
+        grid = recorded.get(key)
+        if not isinstance(module, nn.Conv2d) or (grid is None and not every_conv) or \
+                (grid is not None and int(grid.get("axis", 0)) != 0):
             continue
-        scales = symmetric_scales(state[name], [float(s) for s in grid["scale"]]).tolist()
-        out[name] = {"scale": scales, "zero_point": [0] * len(scales), "quant_min": -128, "quant_max": 127, "axis": 0}
+        scales = symmetric_scales(module.weight, None if grid is None else [float(v) for v in grid["scale"]],
+                                  min_scale=2**-12 if grid is None else 1e-12).tolist()
+        out[key] = {"scale": scales, "zero_point": [0] * len(scales), "quant_min": -128, "quant_max": 127, "axis": 0}
     return out
+
+
+def rounding_shift(error: torch.Tensor, mean: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """``(O,)`` mean output shift ``E[conv(x, error)]`` of a conv (or linear) whose kernel is off by ``error``
+    ``(O, I/groups[, kh, kw])``, for inputs with per-channel mean ``mean`` ``(I,)`` (the border, where padding
+    reads zeros, not told apart): what bias correction subtracts."""
+    per_input = error.flatten(2).sum(2) if error.ndim > 2 else error  # (O, I/groups)
+    return torch.einsum("goi,gi->go", per_input.reshape(groups, -1, per_input.shape[1]),
+                        mean.reshape(groups, -1).to(per_input.dtype)).reshape(-1)
+
+
+def _on_grid(weight: torch.Tensor, grid: dict[str, Any]) -> torch.Tensor:
+    """``weight`` quantized onto ``grid`` (per tensor, or per channel along axis 0) and dequantized, in float64."""
+    w = weight.detach().double()
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    scale = torch.tensor(grid["scale"], dtype=torch.float64).view(shape)
+    zero = torch.tensor(grid["zero_point"], dtype=torch.float64).view(shape)
+    q = (w / scale).round() + zero
+    return (q.clamp(int(grid["quant_min"]), int(grid["quant_max"])) - zero) * scale
+
+
+@torch.no_grad()
+def bias_corrected(model: nn.Module, weight_grids: dict[str, dict[str, Any]], calibration: torch.Tensor, *,
+                   batch_size: int = 16) -> nn.Module:
+    """A BN-folded copy of ``model`` whose conv biases absorb the mean output shift that quantizing their kernels
+    onto ``weight_grids`` gives (bias correction: Nagel et al. 2019, "Data-Free Quantization Through Weight
+    Equalization and Bias Correction"; NNCF's fast bias correction), with each conv's input mean taken on
+    ``calibration`` ``(N, C, H, W)``. Channels quantized losslessly are left as they are."""
+    folded = copy.deepcopy(_folded(model)).eval()
+    convs = {f"{n}.weight": m for n, m in folded.named_modules() if isinstance(m, nn.Conv2d)
+             and f"{n}.weight" in weight_grids and m.bias is not None}
+    sums: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args, k=k: sums.__setitem__(
+        k, sums.get(k, 0) + args[0].double().sum(dim=(0, 2, 3)) / (args[0].shape[2] * args[0].shape[3])))
+        for k, m in convs.items()]
+    try:
+        for batch in calibration.split(batch_size):
+            folded(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    for key, conv in convs.items():
+        error = _on_grid(conv.weight, weight_grids[key]) - conv.weight.double()
+        conv.bias -= rounding_shift(error, sums[key] / len(calibration), conv.groups).to(conv.bias.dtype)
+    return folded
 
 
 def quantize_onnx(

@@ -237,6 +237,8 @@ def correct_biases(prepared: torch.fx.GraphModule, calibration: torch.Tensor, *,
     Measured on the imported 0.25-128 model with its grids removed (calibrated on the 50 even shared photos):
     top-1 agreement of the int8 program with float 82 % -> 95 % on all 100 photos (top-1 41 % -> 46 %; float 44 %).
     """
+    from ..deploy.quantize import rounding_shift
+
     layers = [n for n in prepared.graph.nodes if _is(n, _CONV_OPS) and len(n.args) > 2 and isinstance(n.args[2], Node)
               and isinstance(n.args[1], Node) and n.args[1].op == "call_module"]
     inputs = {n.args[0] for n in layers}
@@ -263,9 +265,7 @@ def correct_biases(prepared: torch.fx.GraphModule, calibration: torch.Tensor, *,
         error = (w / scale).round().clamp(observer.quant_min, observer.quant_max) * scale - w  # (O, I/g[, kh, kw])
         mean = sums[layer.args[0]] / len(calibration)  # type: ignore[index]
         groups = int(layer.args[6]) if _is(layer, ("conv2d.default",)) and len(layer.args) > 6 else 1  # type: ignore
-        per_group = error.flatten(2).sum(2) if error.ndim > 2 else error  # (O, I/g)
-        shift = torch.einsum("goi,gi->go", per_group.view(groups, -1, per_group.shape[1]),
-                             mean.view(groups, -1)).reshape(-1)
+        shift = rounding_shift(error, mean, groups)
         if shift.abs().max() > 0:
             bias = _attr(prepared, str(layer.args[2].target))  # type: ignore[union-attr]
             bias.data -= shift.to(bias.dtype)
