@@ -2,9 +2,13 @@
 run in its own runtime on the shared photos beside PyTorch (issue 10's table).
 
 Classifier rows (100 shared ImageNet photos): max |difference| of the logits to PyTorch (float formats), top-1, top-1
-agreement with the float model, file size; int8 formats calibrate on the even photos (a quantized import keeps its
-recorded grids: all of them in tflite-int8, the activations' in onnx-int8) and are scored on all. ``tflite-int8`` is
-also compared with Google's own file: identical uint8 outputs on how many photos. Core ML is converted and
+agreement with the float model, file size; int8 formats calibrate on the even photos and are scored on all. A
+quantized import keeps its recorded grids: all of them in tflite-int8; the activations' and the weights' (with the
+file's zero points) in onnx-int8; the activations' and each weight channel's scale where it fits a symmetric int8
+grid in executorch-int8 and openvino-int8-qdq (``--method qdq``); none in openvino-int8 (NNCF). ``tflite-int8`` is
+also compared with Google's own file: identical uint8 outputs on how many photos. A second table takes the same
+model with its grids removed (a float model, as if trained here): the int8 formats calibrated on the even photos,
+scored on the odd ones (what tests/test_export_int8.py checks). Core ML is converted and
 inspected, not run (Apple platforms only). Detector rows (108 shared photos): max |difference| of the decoded boxes
 and logits to PyTorch, and the detections (score >= 0.5) each file finds at IoU >= 0.5 of the float model's;
 ``tflite-int8`` against Google's ``detect.tflite`` (identical outputs on how many photos).
@@ -33,24 +37,33 @@ DATA = Path(os.environ.get("MOBILENET_DATA", REPO.parent / "shared" / "data"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+INT8_CLASSIFIER_FORMATS = ("onnx-int8", "tflite-int8", "executorch-int8", "openvino-int8", "openvino-int8-qdq")
 CLASSIFIER_FORMATS = ("onnx", "torchscript", "torch-export", "tflite", "tflite-nhwc", "executorch", "openvino",
-                      "openvino-bf16", "coreml", "onnx-int8", "tflite-int8", "executorch-int8", "openvino-int8")
+                      "openvino-bf16", "coreml", *INT8_CLASSIFIER_FORMATS)
 DETECTOR_FORMATS = ("tflite", "executorch", "openvino", "tflite-int8", "openvino-int8", "executorch-int8")
 
 
 def _export(model: Any, fmt: str, folder: Path, calibration: torch.Tensor) -> tuple[Path, dict[str, Any]]:
     from mobilenet.export import INT8, SUFFIXES, export
 
-    base = {"tflite-nhwc": "tflite", "openvino-bf16": "openvino"}.get(fmt, fmt)
+    base = {"tflite-nhwc": "tflite", "openvino-bf16": "openvino", "openvino-int8-qdq": "openvino-int8"}.get(fmt, fmt)
     path = folder / f"{fmt}{SUFFIXES[base]}"
     kw: dict[str, Any] = {"layout": "NHWC"} if fmt == "tflite-nhwc" else {}
-    if base in INT8 and base != "tflite-int8":  # tflite-int8: the import's recorded grids, no images
+    if fmt == "openvino-int8-qdq":
+        kw["method"] = "qdq"
+    if base in INT8 and (base != "tflite-int8" or not _has_grids(model)):  # else: the recorded grids, no images
         kw["calibration"] = calibration
     export(model, path, format=base, **kw)
     options = {"precision": "f32"} if base.startswith("openvino") and fmt != "openvino-bf16" else {}
     if fmt == "openvino-bf16":
         options = {"precision": "bf16"}
     return path, options
+
+
+def _has_grids(model: Any) -> bool:
+    from mobilenet.weights import weights_info
+
+    return weights_info(model).quantization is not None
 
 
 def classifier(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
@@ -96,6 +109,39 @@ def classifier(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
         timed[fmt] = lambda p=p: p(x[:1])
     if args.latency:
         _latency(rows, timed, args)
+    return rows
+
+
+def classifier_without_grids(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    """The int8 formats of the 0.25-128 import with its recorded grids removed: calibrated on the even photos,
+    scored on the odd ones."""
+    from mobilenet import runtimes
+    from mobilenet.convert import import_model
+    from mobilenet.deploy.calibration import load_labelled
+    from mobilenet.export import file_size
+    from mobilenet.predict import model_preprocessing
+    from mobilenet.weights import weights_info
+
+    model = import_model(DATA / "weights" / "tflite" / "mobilenet_v1_0.25_128_quant.tflite")
+    model.weights_info = weights_info(model).replace(quantization=None)
+    x, y = load_labelled(DATA / "imagenet" / "images", model_preprocessing(model), num_classes=1001, progress=False)
+    odd, labels = x[1::2], y[1::2]
+    with torch.inference_mode():
+        ref = model(odd)
+    rows = [{"format": "float (PyTorch)", "runtime": "torch", "top1": _pct(ref, labels), "agreement": 100.0}]
+    sub = folder / "without-grids"
+    sub.mkdir()
+    for fmt in INT8_CLASSIFIER_FORMATS:
+        print(f"classifier without grids: {fmt}", file=sys.stderr, flush=True)
+        try:
+            path, options = _export(model, fmt, sub, x[0::2])
+        except (ImportError, ValueError) as e:
+            rows.append({"format": fmt, "skipped": str(e).splitlines()[0]})
+            continue
+        p = runtimes.load(path, threads=args.threads, **options)
+        out = p(odd)
+        rows.append({"format": fmt, "runtime": _runtime(p), "top1": _pct(out, labels),
+                     "agreement": _pct(out, ref.argmax(1)), "size_mb": round(file_size(path) / 1e6, 3)})
     return rows
 
 
@@ -155,7 +201,7 @@ def _det_row(name: str, det: Any, dets: list[Any], ref: list[Any], photos: list[
 
 
 def _float(fmt: str) -> bool:
-    return not fmt.endswith("-int8") and fmt != "openvino-bf16"
+    return "-int8" not in fmt and fmt != "openvino-bf16"
 
 
 def _runtime(predictor: Any) -> str:
@@ -202,6 +248,7 @@ def main() -> None:
         sys.exit(f"needs the shared data ({DATA}; set MOBILENET_DATA)")
     with tempfile.TemporaryDirectory() as tmp:
         cls_rows = classifier(args, Path(tmp))
+        plain_rows = classifier_without_grids(args, Path(tmp))
         det_rows = detector(args, Path(tmp))
     cols = [("format", "format"), ("runtime", "runtime"), ("max abs diff to PyTorch", "max_abs_diff"),
             ("top-1 %", "top1"), ("agreement with float %", "agreement"), ("size MB", "size_mb")]
@@ -210,12 +257,17 @@ def main() -> None:
     print(f"MobileNet v1 0.25-128 (Google's uint8 file, imported), 100 shared ImageNet photos, "
           f"{args.threads} thread(s)\n")
     print(table(cls_rows, cols + extra))
+    print("\nThe same model with its recorded grids removed (a float model), int8 calibrated on the 50 even photos, "
+          "scored on the 50 odd ones\n")
+    print(table(plain_rows, [("format", "format"), ("runtime", "runtime"), ("top-1 %", "top1"),
+                             ("agreement with float %", "agreement"), ("size MB", "size_mb")]))
     dcols = [("format", "format"), ("runtime", "runtime"), ("max abs diff to PyTorch", "max_abs_diff"),
              ("detections found (score >= 0.5, IoU >= 0.5)", "detections_found"), ("size MB", "size_mb")]
     print("\nCOCO SSD MobileNet v1 (detect.tflite, imported), 108 shared photos\n")
     print(table(det_rows, dcols + extra))
     if args.json:
-        Path(args.json).write_text(json.dumps({"classifier": cls_rows, "detector": det_rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"classifier": cls_rows, "classifier_without_grids": plain_rows,
+                                               "detector": det_rows}, indent=1))
 
 
 if __name__ == "__main__":

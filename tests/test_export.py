@@ -129,6 +129,8 @@ def test_tflite_float(tf_model, layout, tmp_path):
 @pytest.mark.slow
 def test_executorch_float_and_int8(tf_model, tmp_path):
     pytest.importorskip("executorch")
+    from mobilenet.export.executorch import pt2e_model, simulate_xnnpack
+
     path = export(tf_model, tmp_path / "m.pte", format="executorch", batch=2)
     predictor = _agrees(path, tf_model)
     assert predictor.input_shape[0] == 2 and "XNNPACK" in predictor.describe()
@@ -136,12 +138,77 @@ def test_executorch_float_and_int8(tf_model, tmp_path):
     q = export(tf_model, tmp_path / "q.pte", format="executorch-int8", calibration=calib)
     qp = runtimes.load(q)
     assert qp.metadata["quantization"]["method"] == "pt2e-xnnpack" and qp.class_names == CLASSES
+    assert qp.metadata["quantization"]["grids"] == "calibrated"
     x = _inputs(8)
     with torch.no_grad():
         ref = tf_model(x)
     out = qp(x)
     assert out.shape == ref.shape and (out - ref).abs().max().item() < 0.5 * ref.abs().max().item()
     assert file_size(q) < file_size(path) / 2  # int8 weights
+    # our own simulation of the program: the PT2E module it was lowered from, in XNNPACK's integer arithmetic
+    converted = pt2e_model(tf_model, calib)
+    assert torch.equal(simulate_xnnpack(converted, x), out)
+
+
+def test_pt2e_fuses_relu6_into_its_conv_and_pads_keep_their_grid(tf_model):
+    """XNNPACKQuantizer alone quantizes each conv's output before its ReLU6 (over the pre-activation range) and gives
+    the tf preset's pads a grid of their own; ours observes the ReLU6 output, and a pad's grid is its input's."""
+    pytest.importorskip("executorch")
+    from mobilenet.export.executorch import pt2e_model
+
+    converted = pt2e_model(tf_model, torch.randn(4, 3, 64, 64))
+    nodes = [n for n in converted.graph.nodes if n.op == "call_function"]
+    names = {n: str(n.target) for n in nodes}
+    convs = [n for n in nodes if "conv2d" in names[n]]
+    assert len(convs) == 28
+    for conv in convs[:-1]:  # the classifier has no activation
+        (act,) = conv.users
+        assert "hardtanh" in names[act] and "quantize_per_tensor" in names[next(iter(act.users))]
+    pads = [n for n in nodes if names[n] == "aten.pad.default"]
+    assert pads
+    for pad in pads:
+        (q,) = pad.users
+        assert q.args[1:3] == pad.args[0].args[1:3]  # the same scale and zero point as the dequantize it pads
+
+
+def test_symmetric_scales_keep_a_recorded_grid_where_it_fits():
+    from mobilenet.deploy.quantize import symmetric_scales
+
+    s = 0.01
+    w = torch.zeros(3, 1, 3, 3)
+    w[0].view(-1)[:3] = torch.tensor([-100, 3, 120]) * s  # on the grid, within 127 steps: kept, exact
+    w[1].view(-1)[:2] = torch.tensor([-200, 50]) * s  # on the grid but 200 steps: no symmetric int8 grid holds it
+    w[2].view(-1)[:2] = torch.tensor([0.5, -0.013])  # off the grid
+    scales = symmetric_scales(w, s)
+    assert scales[0].item() == pytest.approx(s, rel=1e-6)
+    assert scales[1].item() == pytest.approx(2.0 / 127, rel=1e-6) and scales[2].item() == pytest.approx(0.5 / 127)
+    q = w[0] / scales[0]
+    assert (q - q.round()).abs().max() < 1e-4  # lossless (up to the float32 storage of the values)
+    assert torch.allclose(symmetric_scales(w), w.flatten(1).abs().amax(1) / 127)
+
+
+@pytest.mark.slow
+def test_onnx_int8_equals_our_simulation(tf_model, tmp_path):
+    """onnx-int8 of a model without recorded grids (per-channel symmetric weights chosen here, bias correction) in
+    ONNX Runtime against :func:`~mobilenet.export.onnx.simulate_qdq` of the same file."""
+    pytest.importorskip("onnxruntime")
+    from mobilenet.export.onnx import simulate_qdq
+
+    calib, x = torch.randn(16, 3, 64, 64), _inputs(8)
+    path = export(tf_model, tmp_path / "q.onnx", format="onnx-int8", calibration=calib)
+    out, ours = runtimes.load(path)(x), simulate_qdq(path, x)
+    assert (out.argmax(1) == ours.argmax(1)).all()
+    assert (out - ours).abs().max().item() <= 1.01 * _logit_step(path)  # at most one step of the output grid
+
+
+def _logit_step(path) -> float:
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    last_q = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"][-1]
+    init = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    return float(init[last_q.input[1]])
 
 
 @pytest.mark.slow
