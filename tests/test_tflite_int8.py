@@ -110,24 +110,46 @@ def test_calibrated_ssd_ends_in_the_post_processing_op(tmp_path):
     assert det.predictor.metadata["postprocess_op"]["num_classes"] == 3
 
 
-def test_calibrated_file_equals_our_own_int8_simulation(tmp_path):
-    from mobilenet.deploy.fold import fold_bn
+@pytest.mark.parametrize("scheme", ["per-channel", "per-tensor"])
+def test_calibrated_file_equals_our_own_int8_simulation(scheme, tmp_path):
+    """Our own simulation (:func:`mobilenet.tflite.quantized.simulation` in exact fidelity mode) computes the file's
+    integer arithmetic: the same probabilities on held-out inputs, up to the float softmax against the file's uint8
+    one; in both schemes, with bias correction."""
     from mobilenet.preprocessing import Preprocessing
     from mobilenet.tflite.fidelity import uint8_activations
-    from mobilenet.tflite.quantized import as_recorded, classifier_flatbuffer, classifier_grids
+    from mobilenet.tflite.quantized import classifier_flatbuffer, classifier_grids, simulation
 
     model = _tiny()
     pre = Preprocessing(resolution=64, crop_mode="crop_resize", mean=(128.0,) * 3, std=(128.0,) * 3)
     model.weights_info = model.weights_info.replace(preprocessing=pre)  # one uint8 grid holds the pixels
     pixels = torch.randint(0, 256, (60, 3, 64, 64), generator=torch.Generator().manual_seed(3)).float()
     x = (pixels - 128) / 128
-    grids = classifier_grids(model, x[:20])
+    grids = classifier_grids(model, x[:20], scheme=scheme)
+    assert grids.biases and not grids.fold_input
     path = tmp_path / "q.tflite"
     path.write_bytes(classifier_flatbuffer(model, grids))
     out = runtimes.load(path)(x[20:])  # held out from calibration
-    folded = fold_bn(model)
-    folded.weights_info = WeightsInfo(quantization=as_recorded(model, grids))
-    with uint8_activations(folded) as simulated, torch.no_grad():  # exact: the file's integer arithmetic
+    with uint8_activations(simulation(model, grids)) as simulated, torch.no_grad():  # exact: integer arithmetic
         ours = simulated(x[20:]).softmax(1)
     assert (ours.argmax(1) == out.argmax(1)).float().mean() >= 0.99
     assert (ours - out).abs().max() <= 1 / 256 + 1e-6  # one step of the file's uint8 softmax
+
+
+def test_int8_file_imported_and_exported_again_is_bit_exact(tmp_path):
+    """A calibrated file in the int8 scheme, imported (its int8 grids recorded as uint8 ones, zero point + 128) and
+    exported again on those grids, gives back the same uint8 probabilities: the round trip of Google's 2018
+    files, in TF Lite's int8 scheme."""
+    from mobilenet.convert import import_model
+    from mobilenet.tflite.format import read_tflite
+    from mobilenet.tflite.parity import tflite_outputs
+
+    model = _tiny()
+    x = torch.rand(16, 3, 64, 64) * 4 - 2
+    first = export(model, tmp_path / "q.tflite", format="tflite-int8", calibration=x)
+    imported = import_model(first)
+    again = export(imported, tmp_path / "again.tflite", format="tflite-int8")  # no images: the recorded grids
+    assert runtimes.load(again).metadata["quantization"]["grids"] == "recorded"
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(tflite_outputs(again, pixels), tflite_outputs(first, pixels))
+    assert read_tflite(again).opcode_counts() == read_tflite(first).opcode_counts()
+    assert read_tflite(first).opcode_counts()["QUANTIZE"] == 2  # uint8 pixels in, uint8 probabilities out

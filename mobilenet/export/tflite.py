@@ -9,9 +9,11 @@ in :mod:`mobilenet.runtimes.detector`.
 
 Full integer (``tflite-int8``, :func:`export_tflite_int8`): the graph of Google's quantized MobileNet v1 files,
 written by the TF Lite wing (:mod:`mobilenet.tflite.quantized`): uint8 pixels in, uint8 probabilities out, the
-grids of a quantization-aware trained import kept exactly (exporting Google's file imported gives back its
-uint8 outputs) or calibrated on images. litert-torch's own quantization path (PT2E with its quantizer) writes
-int8 per-channel graphs with float input and no control over the grids, so it reaches neither property.
+grids of a quantization-aware trained import kept exactly (per-tensor uint8: exporting Google's file imported
+gives back its uint8 outputs) or calibrated on images (int8 kernels per output channel and int8 activations,
+biases corrected; the per-tensor uint8 scheme on request). litert-torch's own quantization path (PT2E with its
+quantizer) writes int8 per-channel graphs with float input and no control over the grids, so it reaches neither
+the exact round trip nor the uint8 interface.
 
 The metadata (:mod:`mobilenet.export.metadata`) goes into the model's ``metadata`` list as a ``"mobilenet"``
 entry (JSON bytes in a buffer), written by the TF Lite wing's writer (:mod:`mobilenet.tflite.writer`).
@@ -106,20 +108,25 @@ def export_tflite_int8(
     *,
     calibration: torch.Tensor | None = None,
     use_recorded: bool = True,
+    scheme: str = "per-channel",
+    bias_correction: bool = True,
 ) -> Path:
     """Write a classifier or an SSD as a full-integer ``.tflite`` (uint8 pixels in; uint8 probabilities out, or
     the four outputs of ``TFLite_Detection_PostProcess``; see the module docstring): on its recorded grids when it
     is a quantized import (``use_recorded``), else calibrated on ``calibration`` images ``(N, C, H, W)``
-    normalised as the model takes them."""
+    normalised as the model takes them, in ``scheme`` (``"per-channel"``: int8 kernels per output channel and int8
+    activations, TF Lite's int8 scheme; ``"per-tensor"``: uint8 as Google's 2018 files), the biases corrected for
+    the kernels' rounding (``bias_correction``)."""
     from ..tflite import quantized
 
     detector = is_detector(model)
-    grids = (quantized.ssd_grids if detector else quantized.classifier_grids)(model, calibration,
-                                                                              use_recorded=use_recorded)
-    how = {"dtype": "uint8", "scheme": "per-tensor uint8 (TF Lite 2018)", "grids": grids.source,
-           "input_folded": grids.fold_input}
+    grids = (quantized.ssd_grids if detector else quantized.classifier_grids)(
+        model, calibration, use_recorded=use_recorded, scheme=scheme, bias_correction=bias_correction)
+    scheme_name = {"per-tensor": "per-tensor uint8 (TF Lite 2018)",
+                   "per-channel": "per-channel int8 kernels, int8 activations"}[grids.scheme]
+    how = {"dtype": "uint8", "scheme": scheme_name, "grids": grids.source, "input_folded": grids.fold_input}
     if grids.source == "calibrated" and calibration is not None:
-        how["calibration_images"] = len(calibration)
+        how.update(calibration_images=len(calibration), bias_correction=bool(grids.biases))
     extra: dict[str, Any] = {"outputs": ["probabilities"]}
     if detector:
         extra = {"outputs": ["boxes", "classes", "scores", "count"],
