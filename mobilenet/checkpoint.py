@@ -221,16 +221,25 @@ def save(
     return path
 
 
+def _foreign(path: Path) -> str:
+    """What a file that is not safetensors is, when its first bytes say (HDF5, TF Lite, a zip), and what to do."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    kind = ("a Keras HDF5 file" if head.startswith(b"\x89HDF") else "a TF Lite model" if head[4:8] == b"TFL3"
+            else "a zip archive (a .keras or torch.save file)" if head.startswith(b"PK") else None)
+    return f": it is {kind}; import it with `mobilenet convert`" if kind else ""
+
+
 def _open(path: str | os.PathLike[str], *, tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
-        raise WeightsFileError(f"weights file not found: {path}")
+        raise WeightsFileError(f"weights file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsFileError(f"{path} is not a readable safetensors file ({e})") from None
+        raise WeightsFileError(f"{path} is not a readable safetensors file ({e}){_foreign(path)}") from None
     return state, _parse_metadata(header, path)
 
 

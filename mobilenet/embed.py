@@ -32,6 +32,13 @@ def _stage_count(model: nn.Module) -> int:
     return len(model.feature_info)
 
 
+def check_layer(model: nn.Module, layer: int | None) -> None:
+    """Refuse a ``layer`` that is no stage of ``model.forward_stages`` (0..n-1; negative counts from the end)."""
+    n = _stage_count(model)
+    if layer is not None and not -n <= layer < n:
+        raise ValueError(f"layer must be in 0..{n - 1} (a stage of forward_stages; -1 is the last), got {layer}")
+
+
 @torch.inference_mode()
 def embed_batch(model: nn.Module, x: torch.Tensor, *, layer: int | None = None, normalize: bool = True
                 ) -> torch.Tensor:
@@ -39,9 +46,7 @@ def embed_batch(model: nn.Module, x: torch.Tensor, *, layer: int | None = None, 
     if layer is None:
         feats = model.forward_head(model.forward_features(x), pre_logits=True)
     else:
-        n = _stage_count(model)
-        if not -n <= layer < n:
-            raise ValueError(f"layer must be in 0..{n - 1} (a stage of forward_stages), got {layer}")
+        check_layer(model, layer)
         feats = model.forward_stages(x)[layer].mean((2, 3))
     feats = feats.float()
     return nn.functional.normalize(feats, dim=1) if normalize else feats
@@ -65,6 +70,7 @@ def embed_images(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not hasattr(model, "forward_stages"):
         raise ValueError(f"embeddings need a MobileNet v1 backbone, got a {type(model).__name__}")
+    check_layer(model, layer)  # before any image is read
     device = torch.device(device)
     model = model.eval().to(device)
     pre = preprocessing or model_preprocessing(model)

@@ -85,8 +85,13 @@ class Preprocessing:
         w, h = image.size
         scale = short / min(w, h)
         nw, nh = max(r, round(w * scale)), max(r, round(h * scale))
-        image = image.resize((nw, nh), resample)
         left, top = (nw - r) // 2, (nh - r) // 2
+        if nw * nh > 16 * short * short:
+            # A panorama-like aspect (a 20000x1 image would first become 5120000x256 pixels, 4 GB): resize only
+            # the central crop's source region. Ordinary aspects keep the resize-then-crop below, bit for bit.
+            sx, sy = w / nw, h / nh
+            return image.resize((r, r), resample, box=(left * sx, top * sy, (left + r) * sx, (top + r) * sy))
+        image = image.resize((nw, nh), resample)
         return image.crop((left, top, left + r, top + r))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:

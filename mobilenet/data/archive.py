@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from .dataset import EncodedImageDataset, Transform, warn_skipped
+from .dataset import EncodedImageDataset, Transform, require_readable, warn_skipped
 from .decode import has_image_extension
 from .folder import check_samples, index_tree
 
@@ -227,5 +227,6 @@ def open_archive(path: str | os.PathLike[str], *, transform: Transform | None = 
     samples, found, skipped = index_tree(names, class_names, strip_single_top=True, source=str(path))
     samples, bad = check_samples(reader, samples, check)
     skipped += bad
+    require_readable(samples, skipped, str(path))
     warn_skipped(skipped, str(path))
     return EncodedImageDataset(reader, samples, found, transform=transform, skipped=skipped, source=str(path))

@@ -48,6 +48,14 @@ class ByteReader(Protocol):
     def read(self, name: str) -> bytes: ...
 
 
+def require_readable(samples: Sequence[Any], skipped: Sequence[tuple[str, str]], where: str) -> None:
+    """Refuse, in one line, a source whose every image was left out at scan time: naming why beats an empty
+    dataset failing later ("0 samples") after a warning line."""
+    if not samples and skipped:
+        first = "; ".join(f"{name}: {reason}" for name, reason in skipped[:3])
+        raise ValueError(f"no readable image in {where}: all {len(skipped)} file(s) were left out (e.g. {first})")
+
+
 def warn_skipped(skipped: Sequence[tuple[str, str]], where: str) -> None:
     """One warning summarising skipped files: count, reasons with counts, and the first few names."""
     if not skipped:

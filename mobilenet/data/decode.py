@@ -22,6 +22,7 @@ EXIF orientation is applied on every path (a phone photo taken sideways is uprig
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import warnings
@@ -349,8 +350,12 @@ def _decode(data: bytes, name: str, min_size: int | None, decoder: str) -> Image
         raise ImageDecodeError(f"{name}: decompression bomb: {error}") from error
     except (OSError, ValueError, SyntaxError, MemoryError) as error:
         # OSError covers truncation and UnidentifiedImageError (not an image); SyntaxError is raised by some
-        # Pillow plugins on corrupt headers.
-        raise ImageDecodeError(f"{name}: {type(error).__name__}: {error}") from error
+        # Pillow plugins on corrupt headers. The cheap sniff names the common cases better than Pillow does
+        # ("cannot identify image file <_io.BytesIO object at 0x...>").
+        reason = sniff(data[:16], data[-_TAIL_WINDOW:])
+        if reason is None and isinstance(error, Image.UnidentifiedImageError):
+            reason = f"not an image Pillow can read (starts with {data[:8]!r})"
+        raise ImageDecodeError(f"{name}: {type(error).__name__}: {reason or error}") from error
 
 
 def decode_image(data: bytes, name: str = "<bytes>", *, min_size: int | None = None,
@@ -389,8 +394,17 @@ def read_image(path: str | os.PathLike[str], *, min_size: int | None = None) -> 
     try:
         data = Path(path).read_bytes()
     except OSError as error:
+        if Path(path).is_symlink() and not Path(path).exists() and error.errno != errno.ELOOP:
+            raise ImageDecodeError(f"{path}: cannot read: a broken symbolic link (to {os.readlink(path)})") from error
         raise ImageDecodeError(f"{path}: cannot read: {error.strerror or error}") from error
     return decode_image(data, str(path), min_size=min_size)
+
+
+def unreadable(error: ImageDecodeError) -> str:
+    """The reason an image was left out, without its file name (results list the file beside it):
+    ``cannot read image: truncated JPEG ...``."""
+    reason = str(error).split(": ", 1)[-1]
+    return reason if reason.startswith("cannot read") else f"cannot read image: {reason}"
 
 
 def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:

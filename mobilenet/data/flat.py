@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
-from .dataset import EncodedImageDataset, Transform, warn_skipped
+from .dataset import EncodedImageDataset, Transform, require_readable, warn_skipped
 from .decode import has_image_extension
 from .folder import FolderReader, _hidden, check_samples, walk
 
@@ -199,5 +199,6 @@ def open_flat_folder(root: str | os.PathLike[str], labels: str | os.PathLike[str
     reader = FolderReader(root)
     samples, bad = check_samples(reader, samples, check)
     skipped += bad
+    require_readable(samples, skipped, str(root))
     warn_skipped(skipped, str(root))
     return EncodedImageDataset(reader, samples, names, transform=transform, skipped=skipped, source=str(root))

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
-from .dataset import EncodedImageDataset, Transform, warn_skipped
+from .dataset import EncodedImageDataset, Transform, require_readable, warn_skipped
 from .decode import has_image_extension, sniff
 
 CHECK_MODES = ("quick", "none")
@@ -177,5 +177,6 @@ def open_folder(root: str | os.PathLike[str], *, transform: Transform | None = N
     reader = FolderReader(root)
     samples, bad = check_samples(reader, samples, check)
     skipped += bad
+    require_readable(samples, skipped, str(root))
     warn_skipped(skipped, str(root))
     return EncodedImageDataset(reader, samples, names, transform=transform, skipped=skipped, source=str(root))

@@ -97,6 +97,20 @@ def _image_size(path: Path, where: str, problems: list[str]) -> tuple[int, int] 
         return None
 
 
+def _annotated_size(width: Any, height: Any, actual: tuple[int, int], where: str, problems: list[str]
+                    ) -> tuple[int, int]:
+    """The image's own (upright) size; an annotation that states another is reported: its boxes are then checked
+    against, and scored on, the picture the detector sees (a wrong size in an XML must not rescale its boxes)."""
+    try:
+        stated = (int(float(width)), int(float(height)))
+    except (TypeError, ValueError):
+        return actual
+    if stated != actual and stated != (0, 0):
+        problems.append(f"{where}: the annotation says the image is {stated[0]}x{stated[1]}, the file is "
+                        f"{actual[0]}x{actual[1]}; the file's size is used")
+    return actual
+
+
 def _checked_box(box: list[float], width: int, height: int, where: str, problems: list[str]) -> list[float] | None:
     """Validate one pixel box against its image; clip what sticks out; None (reported) when unusable."""
     x1, y1, x2, y2 = box
@@ -204,10 +218,8 @@ def read_voc(root: str | Path, split: str = "trainval", class_names: tuple[str, 
         size = _image_size(image_path, f"{xml_path}:1", problems)  # also refuses empty and non-image files
         if size is None:
             continue
-        try:
-            width, height = int(doc["size"]["width"]), int(doc["size"]["height"])
-        except (KeyError, ValueError):
-            width, height = size
+        width, height = _annotated_size(doc["size"].get("width"), doc["size"].get("height"), size,
+                                        f"{xml_path}:1", problems)
         boxes, labels, difficult = [], [], []
         for obj in doc["objects"]:
             where = f"{xml_path}:{obj['line']}"
@@ -284,6 +296,8 @@ def read_kitti(root: str | Path, split: str = "all", class_names: tuple[str, ...
             where = f"{label_path}:{n}"
             f = line.split()
             try:
+                if len(f) < 8:  # type, truncation, occlusion, alpha, the box; then 3D size, location, rotation
+                    raise ValueError
                 kind, trunc, occ = f[0], float(f[1]), int(float(f[2]))
                 raw = [float(v) for v in f[4:8]]
             except (IndexError, ValueError):
@@ -311,6 +325,26 @@ def read_kitti(root: str | Path, split: str = "all", class_names: tuple[str, ...
 
 # ---- COCO JSON ----
 
+def _coco_lists(doc: Any, path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(categories sorted by id, images, annotations) of a COCO document, or a ValueError naming what is wrong."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a COCO annotation object with \"images\", \"annotations\" and "
+                         f"\"categories\", got a JSON {type(doc).__name__}")
+    lists = []
+    for key in ("categories", "images", "annotations"):
+        value = doc.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ValueError(f"{path}: \"{key}\" must be a list of objects")
+        lists.append(value)
+    cats, images, annotations = lists
+    if not cats:
+        raise ValueError(f"{path}: no \"categories\": a COCO file names its classes there")
+    bad = [c for c in cats if not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str)]
+    if bad:
+        raise ValueError(f"{path}: every category needs an integer \"id\" and a \"name\", got {str(bad[0])[:80]}")
+    return sorted(cats, key=lambda c: c["id"]), images, annotations
+
+
 def read_coco(annotation_file: str | Path, image_dir: str | Path | None = None) -> DetectionDataset:
     """COCO-format JSON (``images``, ``annotations`` with ``bbox`` as x, y, w, h, ``categories``).
 
@@ -325,13 +359,16 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path | None = None) 
         doc = json.loads(annotation_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{annotation_file}:{e.lineno}: not valid JSON ({e.msg})") from None
-    cats = sorted(doc.get("categories", []), key=lambda c: c["id"])
+    cats, images, annotations = _coco_lists(doc, annotation_file)
     index = {c["id"]: i for i, c in enumerate(cats)}
     per_image: dict[Any, list[dict[str, Any]]] = {}
-    for k, a in enumerate(doc.get("annotations", [])):
+    for k, a in enumerate(annotations):
         per_image.setdefault(a.get("image_id"), []).append({**a, "_index": k})
     anns, problems = [], []
-    for img in doc.get("images", []):
+    for k, img in enumerate(images):
+        if not isinstance(img.get("file_name"), str) or "id" not in img:
+            problems.append(f"{annotation_file}: images[{k}] needs \"id\" and \"file_name\"; skipped")
+            continue
         image_path = image_dir / img["file_name"]
         if not image_path.is_file():
             problems.append(f"{annotation_file}: image id {img['id']}: file {image_path} is missing; skipped")
@@ -339,9 +376,8 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path | None = None) 
         size = _image_size(image_path, f"{annotation_file}: image id {img['id']}", problems)
         if size is None:
             continue
-        width, height = int(img.get("width") or 0), int(img.get("height") or 0)
-        if not width or not height:
-            width, height = size
+        width, height = _annotated_size(img.get("width"), img.get("height"), size,
+                                        f"{annotation_file}: image id {img['id']}", problems)
         boxes, labels, ignore = [], [], []
         for a in per_image.get(img["id"], []):
             where = f"{annotation_file}: annotations[{a['_index']}]"

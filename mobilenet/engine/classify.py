@@ -237,6 +237,9 @@ class ClassificationTask:
         names = list(names or getattr(train_set, "class_names", None) or [])
         if not names:
             raise ValueError("class_names are needed: pass them or use a dataset with a class_names attribute")
+        if len(names) < 2:  # one class: the loss is 0 and the accuracy 100% from the first step, whatever is learnt
+            raise ValueError(f"the training data have 1 class ({names[0]!r}): a classifier needs at least 2 classes "
+                             "(one folder of images per class)")
         if cfg.device_data or isinstance(train_set, DecodedImages):
             train_set = self._device_data(train_set, pre, info, train=True)
             val_set = self._device_data(val_set, pre, info, train=False) if val_set is not None else None

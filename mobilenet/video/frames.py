@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from ..data.decode import IMAGE_EXTENSIONS, ImageDecodeError, has_image_extension, read_image, read_image_size
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))  # a frame folder holds what every command reads as an image
 # output container -> (format name, codecs to try in order, pixel format)
 _OUTPUTS = {
     ".mp4": ("mp4", ("libx264", "h264", "mpeg4"), "yuv420p"),
@@ -186,18 +188,17 @@ def _reason(e: BaseException) -> str:
 
 
 def _open_folder(folder: Path, fps: float) -> FrameSource:
-    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(f for f in folder.iterdir() if f.is_file() and has_image_extension(f.name))
     if not files:
         raise VideoError(f"no frames ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
     size: tuple[int, int] | None = None
     first_problems: list[str] = []
-    for f in files:  # the first readable frame fixes the size
+    for f in files:  # the first readable frame fixes the size (upright, as read_image returns it)
         try:
-            with Image.open(f) as im:
-                size = im.size
+            size = read_image_size(f)
             break
-        except (UnidentifiedImageError, OSError) as e:
-            first_problems.append(f"{f.name}: not a readable image ({e})")
+        except ImageDecodeError as e:
+            first_problems.append(f"{f.name}: not a readable image ({str(e).split(': ', 1)[-1]})")
     if size is None:
         raise VideoError(f"no readable frame in folder {folder}")
     source = FrameSource(name=str(folder), fps=fps, size=size, count=len(files), codec="images",
@@ -206,12 +207,11 @@ def _open_folder(folder: Path, fps: float) -> FrameSource:
     def frames() -> Iterator[Frame]:
         index = 0
         for f in files:
-            try:
-                with Image.open(f) as im:
-                    rgb = np.asarray(im.convert("RGB"))
-            except (UnidentifiedImageError, OSError) as e:
+            try:  # EXIF orientation applied; truncated frames and decompression bombs refused, never half grey
+                rgb = np.asarray(read_image(f))
+            except ImageDecodeError as e:
                 if not any(p.startswith(f"{f.name}:") for p in source.problems):
-                    source.problems.append(f"{f.name}: not a readable image ({e})")
+                    source.problems.append(f"{f.name}: not a readable image ({str(e).split(': ', 1)[-1]})")
                 continue
             if (rgb.shape[1], rgb.shape[0]) != size:
                 source.problems.append(f"{f.name}: {rgb.shape[1]}x{rgb.shape[0]}, not the first frame's "
