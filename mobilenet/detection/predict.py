@@ -12,10 +12,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..checkpoint import atomic_write
-from ..data.decode import ImageDecodeError, read_image
-from ..predict import expand_inputs, output_names
-from ..strict_json import dump
+from ..data.decode import ImageDecodeError, read_image, unreadable
+from ..predict import expand_inputs, write_pictures
 from ..weights import weights_info
 from .augment import resize_input
 from .boxes import clip_boxes
@@ -87,7 +85,7 @@ def detect_images(model: SSD, paths: Sequence[str | os.PathLike[str]], *, score_
         try:
             image = read_image(p)  # upright (EXIF orientation), truncated files and bombs refused
         except ImageDecodeError as error:
-            results.append({"image": str(p), "error": f"cannot read image: {str(error).split(': ', 1)[-1]}",
+            results.append({"image": str(p), "error": unreadable(error),
                             "detections": []})
             continue
         readable.append((len(results), p, model_input(image, model), image.size))
@@ -102,26 +100,11 @@ def write_outputs(results: list[dict[str, Any]], out_dir: str | os.PathLike[str]
     """Write each image with its boxes drawn and ``detections.json``; return the pictures.
 
     Pictures keep their input's relative name and format (``a/x.png`` stays a PNG; two ``x.jpg`` from different
-    folders stay apart, see ``mobilenet.predict.output_names``); images that could not be read get none.
+    folders stay apart; one that would overwrite its input is refused: see ``mobilenet.predict.write_pictures``);
+    images that could not be read get none. Small images are drawn enlarged, so their captions stay readable.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    formats = Image.registered_extensions()
-    drawn_ok = [r for r in results if "error" not in r]
-    pictures = []
-    for r, name in zip(drawn_ok, output_names([r["image"] for r in drawn_ok]), strict=True):
-        drawn = draw_detections(read_image(r["image"]), r["detections"])
-        target = out_dir / name
-        fmt = formats.get(target.suffix.lower())
-        if fmt not in ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "PPM"):
-            target, fmt = target.with_suffix(".jpg"), "JPEG"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(target) as f:
-            drawn.save(f, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
-        pictures.append(target)
-    with atomic_write(out_dir / "detections.json", "w") as f:
-        dump(results, f, indent=1)
-    return pictures
+    return write_pictures(results, out_dir, lambda image, r: draw_detections(image, r["detections"], enlarge=True),
+                          key="image", json_name="detections.json")
 
 
 def read_predictions(path: str | os.PathLike[str], class_names: Sequence[str], *,
