@@ -20,31 +20,20 @@ and int8; fp16/bf16, CUDA graphs), timed interleaved in one run.
   mobilenet bench --grid --budget-ms 5              # the most accurate variant that runs in 5 ms here"""
 
 
-def _csv(choices: tuple[str, ...] | None):
-    """Comma-separated values; checked against ``choices`` here, or (None) by the library."""
-    def parse(text: str) -> list[str]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in items if choices is not None and t not in choices]
-        if bad or not items:
-            raise argparse.ArgumentTypeError(f"invalid choice(s) {', '.join(bad) or repr(text)} "
-                                             f"(choose from {', '.join(choices)})")
-        return items
-    return parse
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from . import non_negative_int, positive_float, positive_int
+    from .flags import choices_csv, non_negative_int, positive_float, positive_int
 
     p.add_argument("model", nargs="?", default="mobilenet_v1_100_224",
                    help="model name (random weights), weights file, or a deployed file (.onnx, .tflite, .pte, .xml, "
                         ".pt, .pt2) timed in its own runtime (default: mobilenet_v1_100_224)")
     p.add_argument("--preset", choices=("paper", "tf", "timm"), default=None, help="preset for a model name")
     p.add_argument("--batch-size", type=positive_int, default=1)
-    p.add_argument("--device", type=_csv(("cpu", "cuda")), default=["cpu", "cuda"], help="cpu,cuda (default both)")
-    p.add_argument("--pass", dest="passes", type=_csv(("forward", "forward-backward")),
+    p.add_argument("--device", type=choices_csv(("cpu", "cuda")), default=["cpu", "cuda"],
+                   help="cpu,cuda (default both)")
+    p.add_argument("--pass", dest="passes", type=choices_csv(("forward", "forward-backward")),
                    default=["forward", "forward-backward"], help="forward,forward-backward (default both)")
     # checked by run_bench (naming the known ones): importing them here would load torch for `--help`
-    p.add_argument("--variants", type=_csv(None), default=None, help="comma-separated subset of variants")
+    p.add_argument("--variants", type=choices_csv(None), default=None, help="comma-separated subset of variants")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile rows (slow to compile on small CPUs)")
     p.add_argument("--repeats", type=positive_int, default=50, help="timed calls per variant")
     p.add_argument("--warmup", type=non_negative_int, default=5, help="untimed calls per variant first")
@@ -75,12 +64,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _grid(args: argparse.Namespace) -> int:
     from ..checkpoint import atomic_write
     from ..deploy.grid import format_grid, pick_for_budget, plot_grid, run_grid
-    from . import check_output_file
-
-    for flag, path in (("--out", args.out), ("--plot", args.plot)):
-        if path:
-            check_output_file(path, flag=flag)  # before minutes of timing
-
     rows = run_grid(variant=args.grid_variant, batch_size=args.batch_size, repeats=args.repeats,
                     warmup=args.warmup, preset=args.preset or "tf")
     budgets = {"budget_ms": args.budget_ms, "budget_macs": args.budget_macs, "budget_params": args.budget_params}
@@ -112,11 +95,6 @@ def _grid(args: argparse.Namespace) -> int:
 def _recommend(args: argparse.Namespace, model: object) -> int:
     from ..checkpoint import atomic_write
     from ..deploy.target import format_recommendation, recommend_cpu, target_images
-    from . import check_output_file
-
-    if args.out:
-        check_output_file(args.out, flag="--out")  # before minutes of calibration and timing
-
     images, labels = target_images(model, args.calib, limit=args.num_calib)  # type: ignore[arg-type]
     rec = recommend_cpu(model, images, labels, batch=args.batch_size, repeats=args.repeats,  # type: ignore[arg-type]
                         warmup=args.warmup, paths=args.variants)
@@ -132,14 +110,11 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.bench import bench_file, format_result, num_threads, run_bench
     from ..deploy.loading import load_model
     from ..runtimes import is_artifact
-    from . import check_output_file
+    from .paths import check_output_file
 
-    if args.out:
-        check_output_file(args.out, flag="--out")  # before minutes of timing
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.repeats < 1 or args.warmup < 0:
-        raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):  # before minutes of timing
+        if path:
+            check_output_file(path, flag=flag, inputs=[args.model, args.calib, args.peer_tflite])
     grid_only = [n for n in ("plot", "budget_ms", "budget_macs", "budget_params") if getattr(args, n) is not None]
     if grid_only and not args.grid:
         raise ValueError(f"--{grid_only[0].replace('_', '-')} needs --grid")
@@ -148,6 +123,11 @@ def run(args: argparse.Namespace) -> int:
                          if args.recommend else "--calib is for --recommend")
     if args.peer_tflite and not args.peers:
         raise ValueError("--peer-tflite needs --peers")
+    if not args.grid and "cpu" not in args.device:
+        import torch
+
+        if not torch.cuda.is_available():  # nothing would be timed: an empty table is no answer
+            raise ValueError("--device cuda: CUDA is not available here (--device cpu times this machine's CPU)")
     with num_threads(args.threads):
         if args.grid:
             return _grid(args)

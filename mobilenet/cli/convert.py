@@ -21,7 +21,7 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from . import int_at_least, positive_float
+    from .flags import int_at_least, positive_float
 
     p.add_argument("src", help="source weights (for TF-slim: the .ckpt prefix or its .index file)")
     p.add_argument("--out", "-o", help="output .safetensors (default: <source name>.safetensors here)")
@@ -37,8 +37,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..convert import convert
-    from . import CLIError
+    from .flags import CLIError
+    from .paths import check_output_file
 
+    caffe = args.source_format == "caffe" or (args.source_format == "auto" and args.src.lower().endswith(".caffemodel"))
+    if args.prototxt and not caffe:
+        raise CLIError(f"--prototxt is for a Caffe .caffemodel, not {args.src} (--source-format caffe if it is one)")
+    if args.out:  # before the import: a .safetensors name that is not one of the sources
+        check_output_file(args.out, flag="--out", suffixes=(".safetensors",), what="converted weights",
+                          inputs=[args.src, args.prototxt])
     try:
         out = convert(args.src, args.out, args.source_format, width_mult=args.width_mult, resolution=args.resolution,
                       drop_background=args.drop_background, prototxt=args.prototxt)

@@ -12,7 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-from . import non_negative_int, positive_int
+from .flags import non_negative_int, positive_int
+from .paths import check_output_dir
 
 NAME = "demo"
 HELP = "run the main job on the bundled default data (what `make demo` runs)"
@@ -118,6 +119,7 @@ def evaluate_and_predict(weights: Path, out: Path, n_samples: int = 5) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out)  # before the minutes of profiling and training
     profile_every_variant()
     forward_every_variant()
     import torch

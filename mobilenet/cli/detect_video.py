@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 from .. import strict_json
+from .flags import CLIError, float_in, int_at_least, positive_float, positive_int, probability
+from .paths import check_output_dir, check_output_file
 
 DESCRIPTION = """Detect objects in every frame of a video file (mp4/mov/mkv/webm/avi), a folder of frames, a camera
 (0, /dev/video0) or a stream URL (rtsp://, http://). Writes to --out: the annotated video (same size and fps),
@@ -36,39 +38,44 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("--video", default="annotated.mp4", help="annotated video's file name in --out; its suffix "
                    "picks the format: .mp4/.mov/.mkv (H.264), .webm (VP9), .avi (MPEG-4) (default annotated.mp4)")
     v.add_argument("--no-video", action="store_true", help="write no annotated video (JSON Lines and summary only)")
-    v.add_argument("--score-threshold", type=float, default=0.5)
-    v.add_argument("--fps", type=float, help="frame rate of a frame folder (default 30) or override the source's")
-    v.add_argument("--max-frames", type=int, help="stop after this many frames")
+    v.add_argument("--score-threshold", type=probability, default=0.5,
+                   help="keep detections scoring at least this, in [0, 1] (default: 0.5)")
+    v.add_argument("--fps", type=positive_float,
+                   help="frame rate of a frame folder (default 30) or override the source's")
+    v.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
     v.add_argument("--temporal", action="store_true", help="frame-differencing detection between key frames")
     v.add_argument("--compare", action="store_true", help="with --temporal: also run the full detector on every "
                    "frame; report both rates and the agreement")
-    v.add_argument("--key-interval", type=int, default=10, help="--temporal: a full frame every N frames")
-    v.add_argument("--max-changed", type=float, default=0.35, help="--temporal: changed fraction of the frame above "
-                   "which the full frame is detected (camera motion, cuts)")
-    v.add_argument("--crop-size", type=int, default=160, help="--temporal: detector input side for crops")
+    v.add_argument("--key-interval", type=positive_int, default=10,
+                   help="--temporal: a full frame every N frames (default: 10)")
+    v.add_argument("--max-changed", type=float_in(0, 1, low_open=True), default=0.35, help="--temporal: changed "
+                   "fraction of the frame, in (0, 1], above which the full frame is detected (default: 0.35)")
+    v.add_argument("--crop-size", type=int_at_least(32), default=160,
+                   help="--temporal: detector input side for crops, >= 32 (default: 160)")
     v.add_argument("--no-plot", action="store_true", help="--temporal: no temporal.png (latency, changed area)")
-    v.add_argument("--device", default="auto")
+    v.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     v.add_argument("--no-progress", action="store_true")
     return v
 
 
 def run(args: argparse.Namespace) -> int:
     from ..distributed import resolve_device
-    from . import CLIError
 
     if args.compare and not args.temporal:
         raise ValueError("--compare needs --temporal (it compares the temporal run with the full detector)")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
-    if not 0 <= args.score_threshold <= 1:
-        raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    check_output_dir(args.out, inputs=[args.source])
     try:
         from ..video.detect import detect_video
         from ..video.detector import load_frame_detector
-        from ..video.frames import open_frames
+        from ..video.frames import VIDEO_SUFFIXES, open_frames
         from ..video.temporal import TemporalConfig
     except ImportError as e:
         raise CLIError(str(e)) from None
+    if not args.no_video:  # before the detector loads and the frames are decoded
+        if Path(args.video).name != args.video:
+            raise CLIError(f"--video {args.video}: a file name inside --out, not a path")
+        check_output_file(Path(args.out) / args.video, flag="--video", suffixes=VIDEO_SUFFIXES, what="a video",
+                          inputs=[args.source])
     out = Path(args.out)
     temporal = (TemporalConfig(key_interval=args.key_interval, max_changed=args.max_changed,
                                crop_size=args.crop_size) if args.temporal else None)
@@ -96,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {line}", file=sys.stderr)
     if summary["error"]:
         raise CLIError(f"{summary['error']}; wrote the {summary['frames']} frame(s) before it to {out}")
-    return 0
+    # Ctrl-C is how a camera or a stream is stopped (count None): a success. A file or a frame folder left
+    # unfinished exits as interrupted (130), so that a script does not take the partial outputs for the whole.
+    return 130 if summary.get("interrupted") and source.count is not None else 0
 
 
 def _print_summary(s: dict, video: Path | None) -> None:

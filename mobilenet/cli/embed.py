@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .flags import positive_int
+from .paths import check_output_file
+
 NAME = "embed"
 HELP = "image embeddings (pooled features) to .npy/.safetensors/.csv; nearest images by cosine similarity"
 DESCRIPTION = __doc__ + """
@@ -30,9 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", type=int, help="pool stage N of forward_stages instead of the pre-logits features")
     p.add_argument("--no-normalize", action="store_true", help="keep the vectors' lengths (no L2 normalisation)")
     p.add_argument("--similar", metavar="QUERY", help="print the inputs nearest to this image")
-    p.add_argument("--top", type=int, default=5, help="neighbours printed by --similar")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--top", type=int, default=5, help="neighbours printed by --similar (default: 5)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -40,17 +43,25 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..checkpoint import load
+    from ..data.decode import ImageDecodeError, read_image
     from ..distributed import resolve_device
     from ..embed import SUFFIXES, embed_images, nearest, write_embeddings
     from ..predict import expand_inputs
 
     if not args.out and not args.similar:
         raise ValueError("nothing to do: give --out FILE, --similar QUERY, or both")
+    paths = expand_inputs(args.inputs)
+    if args.similar:  # the query is read first: not after minutes of embedding the inputs
+        try:
+            read_image(args.similar)
+        except ImageDecodeError as e:
+            raise ValueError(f"--similar {args.similar}: {str(e).split(': ', 1)[-1]}") from None
+    if args.top < 1:  # checked here, before any work (tests call main() and expect its exit code)
+        raise ValueError(f"--top must be >= 1, got {args.top}")
     if args.out and Path(args.out).suffix.lower() not in SUFFIXES:
         raise ValueError(f"--out must end in one of {', '.join(SUFFIXES)}, got {args.out}")
-    if args.top < 1:
-        raise ValueError(f"--top must be >= 1, got {args.top}")
-    paths = expand_inputs(args.inputs)
+    if args.out:
+        check_output_file(args.out, flag="--out", inputs=[args.weights, *paths])
     device = resolve_device(args.device)
     model = load(args.weights, map_location=device)
     options = dict(layer=args.layer, normalize=not args.no_normalize, batch_size=args.batch_size, device=device)
@@ -71,4 +82,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"nearest to {args.similar} (cosine similarity):")
         for i, sim in nearest(query[0], vectors, args.top, exclude=same[0] if same else None):
             print(f"  {sim:.4f}  {names[i]}")
-    return 1 if problems and len(problems) == len(paths) else 0
+    return 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
-from . import add_threads_flag, add_workers_flag, positive_int, workers_from
+from .flags import add_threads_flag, add_workers_flag, positive_int, workers_from
 
 NAME = "eval"
 MAX_SKIPPED_SHOWN = 20  # text output; JSON lists every skipped file

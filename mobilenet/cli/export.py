@@ -32,7 +32,7 @@ FORMATS = ("onnx", "onnx-int8", "torchscript", "torch-export", "tflite", "tflite
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from . import int_at_least, positive_int
+    from .flags import int_at_least, positive_int
 
     p.add_argument("weights", help="weights file (classifier or SSD; or a .tflite to import), or a model name "
                                    "(random weights)")
@@ -68,14 +68,14 @@ def _load(spec: str) -> Any:
         from ..tflite.ssd import is_detection_tflite
 
         if is_detection_tflite(spec):
-            from .detect import load_detector
+            from ..engine.detect import load_detector
 
             return load_detector(spec)
         from ..convert import import_model
 
         return import_model(spec, "tflite")
     if Path(spec).is_file() and read_metadata(spec).get("architecture") == "ssd_mobilenet_v1":
-        from .detect import load_detector
+        from ..engine.detect import load_detector
 
         return load_detector(spec)
     return load_model(spec)
@@ -84,6 +84,7 @@ def _load(spec: str) -> Any:
 def _target(args: argparse.Namespace) -> int:
     from ..deploy.loading import load_model
     from ..deploy.target import format_recommendation, recommend_cpu, target_images, write_choice
+    from .paths import check_output_dir
 
     if args.format is not None:
         raise ValueError("--target chooses the format: give --target or --format, not both")
@@ -91,6 +92,7 @@ def _target(args: argparse.Namespace) -> int:
         raise ValueError("--target cpu needs --calib (images: half calibrate the int8 paths, half are held out)")
     if Path(args.output).suffix:
         raise ValueError(f"--target writes into a folder (the format is chosen by measuring): not {args.output}")
+    check_output_dir(args.output, flag="-o", inputs=[args.calib])
     model = load_model(args.weights)
     images, labels = target_images(model, args.calib, limit=args.num_calib)
     paths = [p.strip() for p in args.paths.split(",") if p.strip()] if args.paths else None
@@ -101,25 +103,40 @@ def _target(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_coreml(path: Any) -> None:
+    from ..export.coreml import inspect_coreml
+
+    info = inspect_coreml(path)
+    ins = ", ".join(f"{f['name']} {f.get('color', '')} {f['width']}x{f['height']}" if "width" in f else
+                    f"{f['name']} {f.get('shape')}" for f in info["inputs"])
+    print(f"Core ML {info['type']} (spec {info['spec_version']}): inputs {ins}; outputs "
+          f"{', '.join(f['name'] for f in info['outputs'])}; {len(info['class_labels'])} class labels; "
+          f"ops {', '.join(info['ops'])}")
+    print("not run: Core ML predicts only on Apple platforms; this package was converted and inspected on "
+          "Linux, not executed")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..deploy.calibration import load_images
     from ..export import INT8, RECORDED_GRIDS, SUFFIXES, artifact_metadata, check, export, file_size
     from ..export.metadata import input_size, is_detector
     from ..preprocessing import Preprocessing
+    from .paths import check_output_file
 
     if args.target:
         return _target(args)
     if args.paths:
         raise ValueError("--paths is for --target")
     args.format = args.format or "onnx"
-    if args.opset is not None and args.opset < 17:
-        raise ValueError(f"--opset must be >= 17, got {args.opset}")
-    if args.resolution is not None and args.resolution < 32:
-        raise ValueError(f"--resolution must be >= 32, got {args.resolution}")
-    if args.num_calib < 1:
-        raise ValueError(f"--num-calib must be >= 1, got {args.num_calib}")
     if Path(args.output).suffix != SUFFIXES[args.format]:  # refused before the (slow) load and calibration
         raise ValueError(f"--format {args.format} writes a {SUFFIXES[args.format]} file, not {Path(args.output).name}")
+    check_output_file(args.output, inputs=[args.weights, args.calib])
+    if args.opset is not None:  # checked in run (tests call main() and expect its exit code), before any work
+        import onnx
+
+        top = onnx.defs.onnx_opset_version()  # above it torch.onnx warns and writes its own default instead
+        if not 17 <= args.opset <= top:
+            raise ValueError(f"--opset must be in 17..{top} (the installed onnx {onnx.__version__}), got {args.opset}")
     if args.calib is not None and args.format not in INT8:
         raise ValueError(f"--calib is for the int8 formats, not {args.format}")
     if args.format in INT8 and args.calib is None and args.format not in RECORDED_GRIDS:
@@ -144,16 +161,7 @@ def run(args: argparse.Namespace) -> int:
                       precision=args.precision)
     print(f"wrote {path} ({file_size(path) / 1e6:.2f} MB, {args.format}, input {size[0]}x{size[1]})")
     if args.format == "coreml":
-        from ..export.coreml import inspect_coreml
-
-        info = inspect_coreml(path)
-        ins = ", ".join(f"{f['name']} {f.get('color', '')} {f['width']}x{f['height']}" if "width" in f else
-                        f"{f['name']} {f.get('shape')}" for f in info["inputs"])
-        print(f"Core ML {info['type']} (spec {info['spec_version']}): inputs {ins}; outputs "
-              f"{', '.join(f['name'] for f in info['outputs'])}; {len(info['class_labels'])} class labels; "
-              f"ops {', '.join(info['ops'])}")
-        print("not run: Core ML predicts only on Apple platforms; this package was converted and inspected on "
-              "Linux, not executed")
+        _print_coreml(path)
         return 0
     if detector_onnx:
         print("ends in detections (N, 7) after the model's NMS; `mobilenet detect eval --weights` the file to score it "

@@ -18,7 +18,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..deploy.fold import fold_bn, save_folded
     from ..deploy.loading import load_model
+    from .paths import check_output_file
 
+    check_output_file(args.output, suffixes=(".safetensors",), what="folded weights", inputs=[args.weights])
     model = load_model(args.weights)
     if getattr(model, "bn_folded", False):
         raise ValueError(f"{args.weights} is already folded")

@@ -18,6 +18,11 @@ def run(args: argparse.Namespace) -> int:
     from ..zoo import VARIANTS, list_models
 
     names = list_models(args.pattern)
+    if not names:
+        from .flags import CLIError
+
+        raise CLIError(f"no named variant matches {args.pattern!r} (the names are mobilenet_v1_<alpha x 100>_<"
+                       "resolution>, e.g. mobilenet_v1_050_160; `mobilenet models` lists all)")
     if args.format == "json":
         print(json.dumps({n: VARIANTS[n] for n in names}, indent=2))
     else:

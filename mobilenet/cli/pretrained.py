@@ -49,7 +49,7 @@ def _list(name: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import CLIError
+    from .flags import CLIError
 
     if args.list or (args.name is None and args.add is None):
         _list(args.name)

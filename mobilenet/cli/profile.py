@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from . import int_at_least, non_negative_int, positive_float, positive_int
+from .flags import int_at_least, non_negative_int, positive_float, positive_int
 
 NAME = "profile"
 HELP = "count parameters, BN statistics, MACs and activation memory (per layer, grid, paper tables)"
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import profile as prof
-    from . import CLIError
+    from .flags import CLIError
 
     dtype = getattr(torch, args.dtype)
     overrides = _overrides(args)

@@ -23,7 +23,7 @@ agreement of the int8 and float models on the calibration images."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from . import positive_float, positive_int
+    from .flags import positive_float, positive_int
 
     p.add_argument("weights", help="weights file, or a model name (random weights: timing only)")
     p.add_argument("-o", "--output", required=True, help="int8 model to write (.pt for torch, .onnx for onnxruntime)")
@@ -57,14 +57,15 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.int8 import quantize_file
     from ..table import Table
     from ..zoo import VARIANTS
-    from . import check_output_file
+    from .paths import check_output_file
 
     # before minutes of calibration: a file that is what its name says, where it can be written
     backend = args.backend or ("onnxruntime" if args.output.endswith(".onnx") else "torch")
+    inputs = [args.weights, args.calib, args.eval, args.train]
     check_output_file(args.output, suffixes=(".onnx",) if backend == "onnxruntime" else (".pt",),
-                      what=f"--backend {backend}")
+                      what=f"--backend {backend}", inputs=inputs)
     if args.json:
-        check_output_file(args.json, flag="--json")
+        check_output_file(args.json, flag="--json", inputs=[*inputs, args.output])
     if args.weights in VARIANTS and not Path(args.weights).exists():
         print(f"note: {args.weights} has random weights; accuracy numbers are meaningless, timings are not")
     r = quantize_file(args.weights, args.output, args.calib, num_calib=args.num_calib, backend=args.backend,

@@ -21,7 +21,7 @@ DESCRIPTION = __doc__
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..recipe import add_config_flags
-    from . import add_threads_flag
+    from .flags import add_threads_flag
 
     p.add_argument("--config", metavar="TOML", help="recipe file (configs/*.toml); flags override its keys")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.classify import train
     from ..recipe import overrides_from_args, resolve
     from ._progress import follow
+    from .paths import check_output_dir
 
     cfg = resolve(args.config, overrides_from_args(args))
     if args.print_config:
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(json.dumps(resolved_settings(cfg), indent=2))
         return 0
+    if cfg.out:  # a run folder inside the data would be read back as a class folder (curves.png an image)
+        check_output_dir(cfg.out, inputs=[cfg.data, cfg.val_data])
     info = setup(cfg.device)
     try:
         code = follow(train(cfg, info=info), show=info.is_main, quiet=args.quiet, out=str(cfg.out))

@@ -17,7 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ...checkpoint import save
     from ...tflite.ssd import import_detect_tflite
+    from ..paths import check_output_file
 
+    check_output_file(args.out, flag="--out", suffixes=(".safetensors",), what="detector weights",
+                      inputs=[args.src, args.labelmap])
     model = import_detect_tflite(args.src, args.labelmap)
     path = save(model, args.out, info=model.weights_info)
     print(f"wrote {path} (ssd_mobilenet_v1, width {model.config.width_mult}, {model.config.num_classes} classes)")

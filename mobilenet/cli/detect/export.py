@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import positive_int, probability
+from ..flags import CLIError, positive_int, probability
+from ..paths import check_output_file
 from .weights import WEIGHTS
 
 
@@ -36,12 +37,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ...detection.export import export_detector_int8, export_detector_onnx
     from ...detection.predict import class_names_of, load_inputs
+    from ...detection.ssd import SSD
     from ...engine.detect import load_detector
 
     if bool(args.int8) != bool(args.calib):
         raise ValueError("--int8 needs --calib IMAGE|DIR (calibration images), and --calib is only for --int8")
+    check_output_file(args.out, flag="--out", suffixes=(".onnx",), what="an ONNX detector",
+                      inputs=[args.weights, *(args.calib or [])])
     nms = args.nms != "none"
     model = load_detector(args.weights)
+    if not isinstance(model, SSD):  # an exported file runs in its runtime: there is no graph left to export
+        raise CLIError(f"--weights {args.weights} is a deployed file, run in its runtime: export from the detector's "
+                       "weights (.safetensors, or TF Lite's detect.tflite, imported)")
     mode = None if args.nms in ("model", "none") else args.nms.replace("-", "_")
     options = dict(nms=nms, nms_mode=mode, score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
                    pre_nms_top_k=args.pre_nms_top_k, max_detections=args.max_detections,

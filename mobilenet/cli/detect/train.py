@@ -8,7 +8,7 @@ import json
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from ...recipe import DetectConfig, add_config_flags
-    from .. import add_threads_flag
+    from ..flags import add_threads_flag
 
     t = sub.add_parser("train", help="train or fine-tune an SSD",
                        description="Train or fine-tune an SSD. Settings: defaults, then a TOML recipe (--config, e.g. "
@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ...engine.detect import train_detector
     from ...recipe import DetectConfig, overrides_from_args, resolve
     from .._progress import follow
+    from ..paths import check_output_dir
 
     cfg = resolve(args.config, overrides_from_args(args, DetectConfig), DetectConfig, defaults={"workers": 2})
     if args.print_config:
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     for key in ("data", "out"):
         if getattr(cfg, key) is None:
             raise ValueError(f"--{key} is required (or {key} = ... in the --config recipe)")
+    check_output_dir(cfg.out, inputs=[cfg.data])  # not inside the dataset it reads
     info = setup(cfg.device)
     try:
         code = follow(train_detector(cfg, info=info), show=info.is_main, quiet=args.quiet, out=str(cfg.out))

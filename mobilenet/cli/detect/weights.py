@@ -12,7 +12,7 @@ RUNTIME = "run --weights in this runtime (tflite: Google's detect.tflite in the 
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     """``--device`` and ``--runtime`` (the ``--weights`` flag itself is the subcommand's)."""
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--runtime", choices=("tflite", "openvino"), help=RUNTIME)
 
 
@@ -27,6 +27,9 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
     from ...runtimes.tflite import read_metadata
 
     weights = str(args.weights)
+    if args.runtime and not is_artifact(weights):  # it would run in PyTorch: say so rather than ignore the flag
+        raise ValueError(f"--runtime {args.runtime} runs a deployed file (.onnx, .xml, .tflite); {weights} is a "
+                         "weights file run in PyTorch: export it first (`mobilenet export`) or drop --runtime")
     imported = weights.lower().endswith(".tflite") and not args.runtime and not read_metadata(weights)[0]
     if args.device == "auto" and is_artifact(weights) and not imported:
         device = torch.device("cpu")
