@@ -35,6 +35,7 @@ from .postprocess import Detections, PostprocessConfig
 from .ssd import SSD
 
 INPUT_NAME = "input"
+NETWORK_PREFIX = "model."  # SSD.decoded(size) holds the SSD as ``model``: its weights' names in the exported graph
 NMS_MODES = ("per_class", "class_agnostic")
 
 
@@ -263,22 +264,40 @@ def export_detector_int8(
     calibration: torch.Tensor,
     *,
     op_types: tuple[str, ...] | None = ("Conv",),
+    use_recorded: bool = True,
+    symmetric_weights: bool = False,
+    bias_correction: bool = True,
     **export_options: Any,
 ) -> Path:
-    """ONNX Runtime int8 (QDQ) detector: :func:`export_detector_onnx`, then static quantization of its convs.
+    """ONNX Runtime int8 (QDQ) detector: :func:`export_detector_onnx`, then static quantization of its convs, as
+    :func:`mobilenet.export.onnx.export_onnx_int8` quantizes a classifier.
 
     ``calibration`` is ``(N, 3, H, W)`` model inputs (normalised as :func:`mobilenet.detection.predict.model_input`
-    makes them); activation ranges are their min/max. By default only the convolutions (backbone, extras,
-    heads) are quantized: box decoding, scores and NMS stay float, because quantizing them too
-    (``op_types=None``: every op ONNX Runtime can quantize) drops most detections (benchmarks/detect_speed.py
-    measures both on the imported COCO SSD). ``export_options`` are :func:`export_detector_onnx`'s keyword
-    arguments.
+    makes them); activation ranges are their min/max. With ``use_recorded`` a quantization-aware trained import
+    (the COCO ``detect.tflite``) keeps the grids it was trained on, its activations' and its weights' (exact);
+    otherwise, or with ``symmetric_weights``, every conv kernel gets a per-channel symmetric int8 grid chosen here
+    (:func:`~mobilenet.deploy.quantize.symmetric_weight_grids`) and with ``bias_correction`` the biases absorb
+    the mean shift of that rounding (:func:`~mobilenet.deploy.quantize.bias_corrected`). By default only the
+    convolutions (backbone, extras, heads) are quantized: box decoding, scores and NMS stay float, because
+    quantizing them too (``op_types=None``: every op ONNX Runtime can quantize) drops most detections
+    (benchmarks/detect_speed.py measures both on the imported COCO SSD). ``export_options`` are
+    :func:`export_detector_onnx`'s keyword arguments.
     """
-    from ..deploy.quantize import quantize_onnx  # lazily: torch.ao and onnxruntime are heavy
+    from ..deploy.quantize import bias_corrected, quantize_onnx, recorded_grids, symmetric_weight_grids
 
+    ranges, grids = recorded_grids(model) if use_recorded else ({}, {})
+    net = model
+    if symmetric_weights or not grids:
+        grids = symmetric_weight_grids(model, every_conv=True, use_recorded=use_recorded)
+        if bias_correction:
+            net = bias_corrected(model, grids, calibration)  # type: ignore[assignment]
+    # the network's initializers are the state dict's names under SSD.decoded's "model."
+    ranges = {k if k == "input" else f"{NETWORK_PREFIX}{k}": v for k, v in ranges.items()}
+    grids = {f"{NETWORK_PREFIX}{k}": v for k, v in grids.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        float_path = export_detector_onnx(model, Path(tmp) / "float.onnx", **export_options)
-        return quantize_onnx(float_path, path, calibration, op_types=list(op_types) if op_types else None)
+        float_path = export_detector_onnx(net, Path(tmp) / "float.onnx", **export_options)
+        return quantize_onnx(float_path, path, calibration, op_types=list(op_types) if op_types else None,
+                             activation_ranges=ranges, weight_grids=grids)
 
 
 def onnx_detections(rows: Any, batch_size: int) -> list[Detections]:
