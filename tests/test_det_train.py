@@ -27,12 +27,16 @@ QUIET = dict(device="cpu", tensorboard=False, curves=False)
 
 @pytest.mark.slow
 def test_small_ssd_learns_shapes_to_map_090(tmp_path):
-    root = make_shapes_voc(tmp_path / "shapes", num_train=2000, num_test=100, image_size=64, min_frac=0.3,
-                           max_frac=0.6, max_objects=2, easy=True, seed=0)
+    # One shape per image, 40-70 % of its side, 1000 images at batch 32: half the images seen of 2000 images with up
+    # to two shapes of 30-60 % at batch 64, and held-out mAP 0.95-0.99 with data and weights seeded 0 to 4 (measured;
+    # 800 images, or 8 epochs, fell below 0.9 for some seeds). channels_last: a third faster on this CPU.
+    root = make_shapes_voc(tmp_path / "shapes", num_train=1000, num_test=100, image_size=64, min_frac=0.4,
+                           max_frac=0.7, max_objects=1, easy=True, seed=0)
     train, test = read_voc(root, "trainval", SHAPE_CLASSES), read_voc(root, "test", SHAPE_CLASSES)
     model = SSD(SSDConfig(num_classes=3, width_mult=0.25, image_size=(64, 64)))
-    cfg = DetectConfig(epochs=10, batch_size=64, optimizer="adamw", lr=1e-2, weight_decay=0.0, warmup_epochs=1,
-                       augment=False, eval_every=0, metric="voc", out=str(tmp_path / "run"), **QUIET)
+    cfg = DetectConfig(epochs=10, batch_size=32, optimizer="adamw", lr=1e-2, weight_decay=0.0, warmup_epochs=1,
+                       augment=False, eval_every=0, metric="voc", channels_last=True, out=str(tmp_path / "run"),
+                       **QUIET)
     end = fit_detector(cfg, model=model, train_set=train, val_set=test)
     history = end["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"] / 2
