@@ -9,6 +9,7 @@ the design is decided.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mobilenet"
@@ -41,10 +42,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
-def _modules() -> dict[str, Path]:
+def _modules(package: Path) -> dict[str, Path]:
     mods = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
         mods[".".join(parts)] = path
@@ -53,8 +54,13 @@ def _modules() -> dict[str, Path]:
 
 def import_graph() -> dict[str, set[str]]:
     """module -> the mobilenet modules it imports (``from a import b`` counts as ``a.b`` when that is a module)."""
-    mods = _modules()
-    graph: dict[str, set[str]] = {}
+    return {m: set(targets) for m, targets in _import_graph(PACKAGE).items()}
+
+
+@functools.cache  # parsing every module takes seconds; the three checks below read the same files
+def _import_graph(package: Path) -> dict[str, frozenset[str]]:
+    mods = _modules(package)
+    graph: dict[str, frozenset[str]] = {}
     for name, path in mods.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
@@ -67,7 +73,7 @@ def import_graph() -> dict[str, set[str]]:
                     up = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join(up + ([node.module] if node.module else []))
                 targets.update(f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names)
-        graph[name] = {t for t in targets if t in mods and t != name}
+        graph[name] = frozenset(t for t in targets if t in mods and t != name)
     return graph
 
 
