@@ -218,8 +218,9 @@ def test_openvino_float_and_int8(tf_model, tmp_path):
     assert path.with_suffix(".bin").is_file() and file_size(path) > path.stat().st_size
     predictor = _agrees(path, tf_model, precision="f32")
     assert predictor.input_shape[0] is None and predictor.precision == "f32"
-    pytest.importorskip("nncf")
-    q = export(tf_model, tmp_path / "q.xml", format="openvino-int8", calibration=torch.randn(8, 3, 64, 64))
+    pytest.importorskip("nncf")  # a classifier's default is qdq (tests/test_export_int8.py); NNCF on request
+    q = export(tf_model, tmp_path / "q.xml", format="openvino-int8", calibration=torch.randn(8, 3, 64, 64),
+               method="nncf")
     qp = runtimes.load(q, precision="f32")
     assert qp.metadata["quantization"]["method"] == "nncf" and qp(_inputs(2)).shape == (2, 6)
 
@@ -255,6 +256,14 @@ def test_export_rejects_bad_arguments(tmp_path):
         export(model, tmp_path / "m.onnx", format="torchscript")
     with pytest.raises(TypeError, match="MobileNetV1"):
         export(nn.Linear(2, 2), tmp_path / "m.onnx")  # type: ignore[arg-type]
+    from mobilenet.export.openvino import default_method, export_openvino
+
+    assert default_method(model) == "qdq"
+    with pytest.raises(ValueError, match="qdq_onnx"):  # an int8 ONNX to convert, but NNCF asked for
+        export_openvino(model, tmp_path / "m.xml", calibration=torch.randn(2, 3, 64, 64), method="nncf",
+                        qdq_onnx=tmp_path / "q.onnx")
+    with pytest.raises(ValueError, match="qdq_onnx"):  # ... or no int8 export at all
+        export_openvino(model, tmp_path / "m.xml", qdq_onnx=tmp_path / "q.onnx")
 
 
 def test_cli_export(tmp_path, capsys):

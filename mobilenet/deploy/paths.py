@@ -60,7 +60,7 @@ PATHS: dict[str, DeployPath] = {p.name: p for p in (
     DeployPath("openvino", "openvino", "openvino", (("precision", "f32"),)),
     DeployPath("openvino-bf16", "openvino", "openvino", (("precision", "bf16"),), precision="bfloat16"),
     DeployPath("openvino-int8", "openvino", "openvino-int8", (("precision", "f32"),), precision="int8"),
-    DeployPath("openvino-int8-qdq", "openvino", "onnx-int8", (("precision", "f32"),), precision="int8"),
+    DeployPath("openvino-int8-qdq", "openvino", "openvino-int8", (("precision", "f32"),), precision="int8"),
     DeployPath("tflite", "tflite", "tflite"),
     DeployPath("executorch", "executorch", "executorch", slow=True),
     DeployPath("executorch-int8", "executorch", "executorch-int8", precision="int8", slow=True),

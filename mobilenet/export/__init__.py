@@ -8,12 +8,13 @@ onnx-int8          .onnx           + ONNX Runtime static quantization (QDQ)     
 torchscript        .pt             ``torch.jit.trace``                                         torch
 torch-export       .pt2            ``torch.export`` (dynamic batch)                            torch
 tflite             .tflite         ``litert-torch`` (float; NCHW or NHWC input)                tflite
-tflite-int8        .tflite         uint8 graph as Google's quantized files (exact grids; an    tflite
-                                   SSD ends in TFLite_Detection_PostProcess)
+tflite-int8        .tflite         uint8 in/out as Google's quantized files (recorded grids    tflite
+                                   exact; calibrated: int8 per-channel; an SSD ends in
+                                   TFLite_Detection_PostProcess)
 executorch         .pte            ``torch.export`` -> XNNPACK delegate                        executorch
 executorch-int8    .pte            PT2E + ``XNNPACKQuantizer`` -> XNNPACK delegate             executorch
 openvino           .xml + .bin     ``openvino.convert_model``                                  openvino
-openvino-int8      .xml + .bin     + NNCF (or from our QDQ ONNX)                               openvino
+openvino-int8      .xml + .bin     from our QDQ ONNX (or NNCF; a detector: NNCF)               openvino
 coreml             .mlpackage      ``coremltools`` ML Program (image input, class labels)      Apple only
 =================  ==============  ==========================================================  ===============
 
@@ -84,15 +85,16 @@ def export(
     opset: int | None = None,
     layout: str = "NCHW",
     batch: int = 1,
-    method: str = "nncf",
+    method: str | None = None,
     precision: str = "float16",
 ) -> Path:
     """Write ``model`` in one of ``FORMATS`` (table in the module docstring) and return the path written.
 
     ``calibration``: images ``(N, C, H, W)``, normalised as the model takes them, for the ``*-int8`` formats.
     ``opset``: ONNX opset (>= 17). ``layout``: TF Lite input layout (``NCHW`` or ``NHWC``). ``method``:
-    OpenVINO int8 (``nncf`` or ``qdq``). ``batch``: the fixed batch size of a TF Lite or ExecuTorch
-    file (the other formats have a dynamic batch). ``precision``: Core ML compute precision (``float16``/``float32``).
+    OpenVINO int8 (``qdq``, a classifier's default, or ``nncf``, a detector's). ``batch``: the fixed batch size of
+    a TF Lite or ExecuTorch file (the other formats have a dynamic batch). ``precision``: Core ML compute precision
+    (``float16``/``float32``).
     """
     path = Path(path)
     _check_format(model, path, format, calibration)

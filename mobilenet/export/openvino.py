@@ -3,18 +3,17 @@
 fp32: ``openvino.convert_model`` of the static PyTorch graph (dynamic batch for a classifier), weights kept in
 float32 (``compress_to_fp16=False``: OpenVINO's default would halve them). int8, two ways:
 
-* ``method="nncf"`` (default): NNCF post-training quantization of the float IR on calibration images,
-  OpenVINO's own int8 path (its CPU plugin fuses what NNCF marks);
-* ``method="qdq"``: our int8 QDQ ONNX converted to IR (:func:`~mobilenet.export.onnx.export_onnx_int8` with
-  per-channel symmetric weights and bias correction: a quantization-aware trained import keeps its recorded
-  activation grids, and its weights' scale wherever a channel fits a symmetric grid). Symmetric, because the CPU
-  plugin's int8 convolutions with the file's non-zero weight zero points ran at about half the speed here.
-  :func:`mobilenet.export.onnx.simulate_qdq` of that ONNX is our own simulation of the IR.
+* ``method="qdq"`` (a classifier's default): our int8 QDQ ONNX converted to IR
+  (:func:`~mobilenet.export.onnx.export_onnx_int8` with per-channel symmetric weights and bias correction: a
+  quantization-aware trained import keeps its recorded activation grids, and its weights' scale wherever a channel
+  fits a symmetric grid). Symmetric, because the CPU plugin's int8 convolutions with the file's non-zero weight
+  zero points ran at about half the speed here. :func:`mobilenet.export.onnx.simulate_qdq` of that ONNX is our own
+  simulation of the IR;
+* ``method="nncf"`` (a detector's default and only method): NNCF post-training quantization of the float IR on
+  calibration images, OpenVINO's own int8 path (its CPU plugin fuses what NNCF marks).
 
-Measured on Google's 0.25-128 file imported (recorded grids; calibrated on the 50 even shared photos, all 100
-scored, ``benchmarks/deploy_parity.py``): NNCF 45 % top-1 at 84 % agreement with float, ``qdq`` 45 % at 94 %
-(float 44 %); with its grids removed (a float model), scored on the 50 odd photos: NNCF 48 %, ``qdq`` 50 %
-(float 48 %).
+``qdq`` is the classifier's default because it keeps more of the float model's answers at the same speed
+(benchmarks/deploy_parity.py measures both methods' agreement with float, ``mobilenet bench`` their speed).
 
 A detector is exported as its network with box decoding (:func:`~mobilenet.export.metadata.detector_network`).
 The metadata (:mod:`mobilenet.export.metadata`) is ``rt_info["mobilenet"]`` (JSON text) in the IR.
@@ -40,6 +39,12 @@ from ..runtimes.predictor import METADATA_KEY, require
 from .metadata import artifact_metadata, detector_network, input_size, is_detector
 
 METHODS = ("nncf", "qdq")
+
+
+def default_method(model: nn.Module) -> str:
+    """The int8 method :func:`export_openvino` uses unless told: ``qdq`` for a classifier, ``nncf`` for a detector
+    (whose box decoding our QDQ ONNX does not hold)."""
+    return "nncf" if is_detector(model) else "qdq"
 
 
 def _convert(model: nn.Module, size: tuple[int, int]) -> tuple[Any, bool]:
@@ -103,11 +108,20 @@ def export_openvino(
     *,
     resolution: int | None = None,
     calibration: torch.Tensor | None = None,
-    method: str = "nncf",
+    method: str | None = None,
+    qdq_onnx: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Write ``model`` as OpenVINO IR: float, or int8 when ``calibration`` images ``(N, C, H, W)`` are given."""
+    """Write ``model`` as OpenVINO IR: float, or int8 when ``calibration`` images ``(N, C, H, W)`` are given, by
+    ``method`` (module docstring; default: ``qdq`` for a classifier, ``nncf`` for a detector). ``qdq_onnx``: the
+    int8 ONNX of ``model`` that :func:`~mobilenet.export.onnx.export_onnx_int8` wrote with ``symmetric_weights``
+    (for a model without recorded grids, what ``format="onnx-int8"`` writes), converted instead of writing it again
+    (``qdq`` only)."""
+    method = default_method(model) if method is None else method
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if qdq_onnx is not None and (method != "qdq" or calibration is None):
+        raise ValueError(f"qdq_onnx is the int8 ONNX that method 'qdq' converts (with calibration images); method is "
+                         f"{method!r}{'' if calibration is not None else ', no calibration images'}")
     path = Path(path)
     size = input_size(model, resolution)
     outputs = ["decoded", "logits"] if is_detector(model) else ["logits"]
@@ -127,8 +141,8 @@ def export_openvino(
         from .onnx import export_onnx_int8
 
         with tempfile.TemporaryDirectory() as tmp:
-            qdq = export_onnx_int8(model, Path(tmp) / "int8.onnx", calibration, resolution=size[0],
-                                   symmetric_weights=True)
+            qdq = qdq_onnx or export_onnx_int8(model, Path(tmp) / "int8.onnx", calibration, resolution=size[0],
+                                               symmetric_weights=True)
             quantized, dynamic = ov.convert_model(str(qdq)), True
         quantization = {"dtype": "int8", "method": "onnx-qdq", "weights": "per-channel symmetric int8",
                         "calibration_images": len(calibration)}
