@@ -411,11 +411,14 @@ def export_executorch(
     calibration: torch.Tensor | None = None,
     batch: int = 1,
     use_recorded: bool = True,
+    converted: nn.Module | None = None,
 ) -> Path:
     """Write ``model`` as an XNNPACK ``.pte``: float, or int8 when ``calibration`` images ``(N, C, H, W)`` are given
     (:func:`pt2e_model`: a quantization-aware trained import keeps its recorded grids with ``use_recorded``).
 
-    ``batch``: the program's fixed batch size; the runtime runs other batch sizes in chunks of it.
+    ``batch``: the program's fixed batch size; the runtime runs other batch sizes in chunks of it. ``converted``:
+    the module ``pt2e_model(model, calibration, use_recorded=use_recorded)`` returned, made already (to simulate it
+    with :func:`simulate_xnnpack`): lowered as it is instead of quantizing again.
     """
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -431,7 +434,7 @@ def export_executorch(
                 raise ValueError(f"calibration images are {tuple(calibration.shape[-2:])}, the export is for {size}")
             from ..deploy.quantize import int8_activation_grids
 
-            net = pt2e_model(model, calibration, use_recorded=use_recorded)
+            net = converted if converted is not None else pt2e_model(model, calibration, use_recorded=use_recorded)
             recorded = use_recorded and bool(int8_activation_grids(model))
             quantization = {"dtype": "int8", "method": "pt2e-xnnpack", "weights": "per-channel symmetric int8",
                             "grids": "recorded" if recorded else "calibrated", "calibration_images": len(calibration)}
