@@ -153,3 +153,27 @@ def test_int8_file_imported_and_exported_again_is_bit_exact(tmp_path):
     np.testing.assert_array_equal(tflite_outputs(again, pixels), tflite_outputs(first, pixels))
     assert read_tflite(again).opcode_counts() == read_tflite(first).opcode_counts()
     assert read_tflite(first).opcode_counts()["QUANTIZE"] == 2  # uint8 pixels in, uint8 probabilities out
+
+
+def test_a_channel_of_zero_weights_keeps_its_bias(tmp_path):
+    """A channel whose kernel is all zeros keeps its (folded) bias in the int8 scheme: its weight scale is raised
+    so the bias fits the int32 grid input scale x weight scale (the min/max scale alone, 2^-24, would clamp it to
+    2^31 - 1 steps, ~0.01 here), and the file still equals our simulation."""
+    from mobilenet.tflite.fidelity import uint8_activations
+    from mobilenet.tflite.format import read_tflite
+    from mobilenet.tflite.quantized import classifier_flatbuffer, classifier_grids, simulation
+
+    model = _tiny()
+    with torch.no_grad():
+        bn = model.blocks[2].pw.bn
+        model.blocks[2].pw.conv.weight[5] = 0  # a dead channel that still outputs a constant: its folded bias, 5
+        bn.bias[5], bn.running_mean[5], bn.running_var[5] = 5.0, 0.0, 1.0 - bn.eps
+    x = torch.rand(40, 3, 64, 64) * 4 - 2
+    grids = classifier_grids(model, x[:20])
+    path = tmp_path / "q.tflite"
+    path.write_bytes(classifier_flatbuffer(model, grids))
+    (bias,) = [t for t in read_tflite(path).tensors if t.name == "blocks.2.pw/bias"]
+    assert bias.numpy()[5] * float(bias.scale[5]) == pytest.approx(5.0, rel=1e-4)
+    with uint8_activations(simulation(model, grids)) as simulated, torch.no_grad():
+        ours = simulated(x[20:]).softmax(1)
+    assert (ours - runtimes.load(path)(x[20:])).abs().max() <= 1 / 256 + 1e-6

@@ -145,13 +145,22 @@ class Grids:
         return self.scheme == "per-channel"
 
 
-def _weight_grid(w: torch.Tensor, scheme: str = "per-tensor") -> WeightGrid:
+BIAS_LIMIT = 2.0 ** 30  # |int32 bias| kept below this: room for bias correction's shift
+
+
+def _weight_grid(w: torch.Tensor, scheme: str = "per-tensor", *, bias: torch.Tensor | None = None,
+                 input_scale: float | None = None) -> WeightGrid:
     """A kernel's grid: per output channel symmetric int8 (``|q| <= 127``, zero point 0, TF Lite's int8 scheme) or
-    per tensor uint8 over [min(w, 0), max(w, 0)]; scales rounded to the float32 the file stores."""
+    per tensor uint8 over [min(w, 0), max(w, 0)]; scales rounded to the float32 the file stores. Per channel, a
+    scale is raised where the channel's ``bias`` would not fit the int32 grid ``input_scale x scale`` (a channel of
+    (near) zero weights with a bias: its scale would be tiny)."""
     if scheme == "per-channel":
         from ..deploy.quantize import symmetric_scales
 
-        scales = symmetric_scales(w, min_scale=2**-24).tolist()  # float32 values
+        scales = symmetric_scales(w, min_scale=2**-24).double()
+        if bias is not None and input_scale is not None:
+            scales = torch.maximum(scales, bias.abs().double() / (np.float32(input_scale) * BIAS_LIMIT))
+        scales = scales.float().tolist()  # float32 values
         return WeightGrid(scale=tuple(scales), zero_point=(0,) * len(scales), quant_min=-127, quant_max=127)
     lo, hi = min(float(w.min()), 0.0), max(float(w.max()), 0.0)
     scale = float(np.float32((hi - lo) / 255 or 1.0))
@@ -266,7 +275,9 @@ def classifier_grids(model: MobileNetV1, calibration: torch.Tensor | None = None
     if fold:  # the stem computes on r = (normalised - c) / a
         body[0] = _fold_normalisation(body[0], a, c)
         means[body[0].name] = (means[body[0].name] - c) / a
-    weights = {u.name: _weight_grid(u.weight, scheme) for u in [*body, head]}
+    inputs = dict(zip(names, ["input", *names[:-2], "pool"], strict=True))  # each unit reads the one before
+    weights = {u.name: _weight_grid(u.weight, scheme, bias=u.bias, input_scale=acts[inputs[u.name]].scale)
+               for u in [*body, head]}
     biases = {u.name: _bias_corrected(u, weights[u.name], means[u.name]) for u in [*body, head]} \
         if bias_correction else {}
     return Grids(acts, weights, "calibrated", scheme, (a, c) if fold else None, biases)
@@ -580,7 +591,11 @@ def ssd_grids(model: nn.Module, calibration: torch.Tensor | None = None, *, use_
     if fold:  # the stem computes on r = (normalised - c) / a
         weighted[0] = _fold_normalisation(weighted[0], a, c)
         means[weighted[0].name] = (means[weighted[0].name] - c) / a
-    weights = {u.name: _weight_grid(u.weight, scheme) for u in weighted}
+    inputs = dict(zip([u.name for u in body], ["input", *[u.name for u in body[:-1]]], strict=True))
+    for i, feed in enumerate(feeds):  # the heads read the feature maps
+        inputs.update({boxes[i].name: feed, classes[i].name: feed})
+    weights = {u.name: _weight_grid(u.weight, scheme, bias=u.bias, input_scale=acts[inputs[u.name]].scale)
+               for u in weighted}
     biases = {u.name: _bias_corrected(u, weights[u.name], means[u.name]) for u in weighted} if bias_correction else {}
     return Grids(acts, weights, "calibrated", scheme, (a, c) if fold else None, biases)
 
