@@ -138,8 +138,10 @@ def _keep_aside_files(root: Path, photo: np.ndarray) -> None:
     kitti = root / "kitti_short"
     for d in ("image_2", "label_2"):
         (kitti / d).mkdir(parents=True)
-    Image.fromarray(photo).save(kitti / "image_2" / "000000.png")
+    for i in range(2):
+        Image.fromarray(photo).save(kitti / "image_2" / f"00000{i}.png")
     (kitti / "label_2" / "000000.txt").write_text("Car 0.00 0 -0.20 10 10\n")  # 6 of KITTI's 15 fields
+    (kitti / "label_2" / "000001.txt").write_text("Car 0.00 0 -0.20 10 10 50 40 1.5 1.6 3.9 1.0 1.7 8.4 0.0\n")
     _voc(root / "voc_noobj", "")
     _voc(root / "voc_badxml", "", xml="<annotation><object>")
     (root / "dangling.jpg").symlink_to(root / "gone.jpg")
@@ -232,6 +234,8 @@ NUMERIC += [
      ["0", "31"]),
     (["detect", "video", "{frames}", "--weights", "{ssd}", "--out", "{root}/vid_x", "--temporal"], "--max-changed",
      ["nan", "0", "1.5"]),
+    (["detect", "video", "{frames}", "--weights", "{ssd}", "--out", "{root}/vid_x", "--temporal"], "--hold-frames",
+     ["-1", "1.5"]),
     (["embed", "{data}", "--weights", "{w}", "--out", "{root}/e.npy"], "--batch-size", ["0"]),
     (["detect", "eval", "--weights", "{ssd}", "--data", "{voc}"], "--val-fraction", ["1", "nan"]),
 ]
@@ -375,8 +379,8 @@ KEEP_ASIDE = [
     ([*TRAIN[:2], "{oneclass}", *TRAIN[3:], "--batch-size", "2"], "at least 2 classes"),  # was 100% from step 1
     (["models", "zzz*"], "no named variant matches"),  # printed an empty table
     (["detect", "eval", "--weights", "{ssd}", "--data", "{voc_noobj}", "--classes", "cat,dog"], "nothing to score"),
-    (["detect", "eval", "--weights", "{ssd}", "--data-format", "kitti", "--split", "all", "--data", "{kitti_short}"],
-     "nothing to score"),  # the 6-field line: a Python unpacking error before
+    (["detect", "eval", "--weights", "{ssd}", "--data-format", "kitti", "--split", "all", "--data", "{kitti_short}",
+      "--classes", "Cyclist"], "nothing to score"),  # the 6-field line: a Python unpacking error before
     (["detect", "eval", "--weights", "{ssd}", "--data", "{voc}", "--classes", "cat,cat"], "more than once"),
     # one line, not several: checked before the work (and its progress bars, warnings, reports) starts
     (["detect", "eval", "--weights", "{ssd}", "--data", "{voc_badxml}", "--classes", "cat,dog"],
@@ -385,9 +389,8 @@ KEEP_ASIDE = [
      "--label-map"),
     (["detect", "eval", "--weights", "{ssd}", "--data", "{voc}", "--classes", "cat,dog", "--json", "{afile}/m.json"],
      "is a file"),
-    (["detect", "eval", "--weights", "{ssd}", "--data-format", "kitti", "--split", "all", "--data", "{kitti_short}",
-      "--classes", "Car"],
-     "nothing to score"),
+    (["detect", "eval", "--weights", "{ssd}", "--data-format", "kitti", "--split", "all", "--data", "{kitti_short}"],
+     "share no name"),  # the annotation report and a progress bar came first
     (["train", "--data", "{textzip}", "--out", "{root}/run_z", *TRAIN[5:]], "no readable image"),
     (["quantize", "{w}", "-o", "{root}/q.pt", "--calib", "{textzip}"], "no readable image"),
     (["embed", "{data}", "--weights", "{w}", "--similar", "{missing}"], "--similar"),

@@ -185,7 +185,7 @@ def test_temporal_detection_on_the_shared_clip_agrees_with_full_frames(tmp_path)
 def test_detect_video_cli_writes_video_jsonl_summary_and_plot(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["detect", "video", str(shared_file(*CLIP)), "--weights", str(shared_file(*SSD)), "--out", str(out),
-                 "--max-frames", "8", "--temporal", "--compare", "--no-progress"])
+                 "--max-frames", "8", "--temporal", "--compare", "--hold-frames", "0", "--no-progress"])
     text = capsys.readouterr().out
     assert code == 0 and "8 frames (768x432, 10 fps)" in text and "temporal found" in text
     lines = [json.loads(x) for x in (out / "detections.jsonl").read_text().splitlines()]
@@ -193,6 +193,7 @@ def test_detect_video_cli_writes_video_jsonl_summary_and_plot(tmp_path, capsys):
     assert {"mode", "latency_ms", "full_latency_ms", "detections", "changed"} <= set(lines[1])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 8 and summary["error"] is None and summary["compare"]["speedup"] > 0
+    assert "held" not in summary["temporal"]["modes"]  # --hold-frames 0
     with open_frames(out / "annotated.mp4") as src:
         assert src.size == (768, 432) and src.fps == pytest.approx(10.0) and sum(1 for _ in src) == 8
     assert (out / "temporal.png").stat().st_size > 5000

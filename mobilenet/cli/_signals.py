@@ -33,7 +33,7 @@ def signals_as_interrupts(deferred: list[int], *, then_ignore: bool = False):
     command in one line. Three cases would print tracebacks instead, and are handled here:
 
     * forked children that inherit the handler (DataLoader workers) ignore both: the main process shuts them
-      down (workers also ignore SIGTERM themselves, ``mobilenet.data.loader.ignore_sigterm``, so a SIGTERM to
+      down (workers also ignore SIGTERM themselves, ``mobilenet.data.loader.init_worker``, so a SIGTERM to
       the whole process group stops the command once);
     * workers that did die with the group are not reported while this process unwinds: PyTorch's SIGCHLD
       handler is dropped first;

@@ -52,6 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "fraction of the frame, in (0, 1], above which the full frame is detected (default: 0.35)")
     v.add_argument("--crop-size", type=int_at_least(32), default=160,
                    help="--temporal: detector input side for crops, >= 32 (default: 160)")
+    v.add_argument("--hold-frames", type=int_at_least(0), default=1,
+                   help="--temporal: frames a large moving tracked object keeps its box before the full detector "
+                        "runs again; 0 runs it at once (default: 1)")
     v.add_argument("--no-plot", action="store_true", help="--temporal: no temporal.png (latency, changed area)")
     v.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     v.add_argument("--no-progress", action="store_true")
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                           inputs=[args.source])
     out = Path(args.out)
     temporal = (TemporalConfig(key_interval=args.key_interval, max_changed=args.max_changed,
-                               crop_size=args.crop_size) if args.temporal else None)
+                               crop_size=args.crop_size, hold_frames=args.hold_frames) if args.temporal else None)
     try:
         detector = load_frame_detector(args.weights, resolve_device(args.device))
         source = open_frames(args.source, fps=args.fps)

@@ -8,6 +8,7 @@ needed; workers are seeded by PyTorch (base seed + worker id), which the random 
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -17,14 +18,23 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from .dataset import ImageDataset, LeaveOutUnreadable, Unreadable
 
 
-def ignore_sigterm(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: the worker ignores SIGTERM.
+def init_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores SIGTERM and stays quiet when its main process is gone.
 
     A SIGTERM sent to the whole process group (``timeout``, systemd, a batch scheduler) then reaches only the
     main process that matters: it stops cleanly (training saves its state first) and shuts its workers down.
     A worker killed first would make PyTorch raise "DataLoader worker ... is killed by signal" in the main
-    process instead (a crash mid-save, or a traceback)."""
+    process instead (a crash mid-save, or a traceback). A main process that stops while it fetches a batch's
+    shared memory leaves the worker's file-descriptor server thread (``multiprocessing.resource_sharer``) with
+    a reset connection: that thread's error is not printed (a traceback on the command's stderr, for nothing)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not issubclass(args.exc_type, (ConnectionError, EOFError)):
+            default(args)
+
+    threading.excepthook = hook
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, workers: int = 0,
@@ -46,7 +56,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, wor
     extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if workers > 0 else {}
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=drop_last, generator=generator,
-                      worker_init_fn=ignore_sigterm if workers > 0 else None, **extra)
+                      worker_init_fn=init_worker if workers > 0 else None, **extra)
 
 
 def collate_readable(batch: Sequence[Any]) -> tuple[Any, Any, list[Unreadable]]:
@@ -101,5 +111,5 @@ def make_eval_loader(dataset: Dataset, batch_size: int, *, workers: int = 0, pin
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
-                        collate_fn=collate_readable, worker_init_fn=ignore_sigterm if workers > 0 else None)
+                        collate_fn=collate_readable, worker_init_fn=init_worker if workers > 0 else None)
     return ReadableBatches(loader, getattr(dataset, "skipped", ()))

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.decode import ImageDecodeError
-from ..data.loader import ignore_sigterm
+from ..data.loader import init_worker
 from ..table import Table
 from ..weights import weights_info
 from .augment import EvalTransform, collate
@@ -67,7 +67,7 @@ def _predict(model: Any, dataset: DetectionDataset, *, batch_size: int, device: 
                           EvalTransform(cfg.image_size, cfg.pixel_mean, cfg.pixel_std))
     loader = torch.utils.data.DataLoader(_LeaveOutUnreadable(ds), batch_size=batch_size, shuffle=False,
                                          num_workers=workers, collate_fn=_collate_readable,
-                                         worker_init_fn=ignore_sigterm if workers > 0 else None)
+                                         worker_init_fn=init_worker if workers > 0 else None)
     was_training = model.training
     model.eval()
     out: Detections = [None] * len(ds)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.loader import ignore_sigterm
+from ..data.loader import init_worker
 from ..distributed import DistInfo, ShardedBatchSampler
 
 
@@ -104,4 +104,4 @@ def loader(dataset: torch.utils.data.Dataset, sampler: ShardedBatchSampler, *, s
     return torch.utils.data.DataLoader(
         SeededDataset(dataset, seed), batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         persistent_workers=workers > 0, generator=generator, collate_fn=collate,
-        worker_init_fn=ignore_sigterm if workers > 0 else None), generator  # SIGTERM: the main process decides
+        worker_init_fn=init_worker if workers > 0 else None), generator  # SIGTERM: the main process decides

@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
                        val_fraction=args.val_fraction, seed=args.seed, metric=args.metric)
     ds = read_split(cfg, args.split)
     _scorable(ds, args.data, args.split)
-    print_problems({args.split: ds.problems}, args.data)
     if args.predictions:
+        print_problems({args.split: ds.problems}, args.data)
         r = score_predictions(args.predictions, ds, cfg.metric, label_map)  # type: ignore[arg-type]
     else:
         model, device = load(args)
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         if names and not matched_classes(names, ds.class_names, label_map):  # before minutes of predicting
             raise CLIError(f"the model's classes ({', '.join(names[:5])}, ...) share no name with the dataset's "
                            f"({', '.join(ds.class_names[:5])}, ...): map them with --label-map")
+        print_problems({args.split: ds.problems}, args.data)  # a report of the run, once it can run
         r = evaluate_detector(model, ds, metric=cfg.metric,  # type: ignore[arg-type]
                               batch_size=args.batch_size, device=device, progress=True, label_map=label_map)
         r["runtime"] = describe(model)
