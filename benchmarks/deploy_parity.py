@@ -5,13 +5,16 @@ Classifier rows (100 shared ImageNet photos): max |difference| of the logits to 
 agreement with the float model, file size; int8 formats calibrate on the even photos and are scored on all. A
 quantized import keeps its recorded grids: all of them in tflite-int8; the activations' and the weights' (with the
 file's zero points) in onnx-int8; the activations' and each weight channel's scale where it fits a symmetric int8
-grid in executorch-int8 and openvino-int8-qdq (``--method qdq``); none in openvino-int8 (NNCF). ``tflite-int8`` is
-also compared with Google's own file: identical uint8 outputs on how many photos. A second table takes the same
-model with its grids removed (a float model, as if trained here): the int8 formats calibrated on the even photos,
-scored on the odd ones (what tests/test_export_int8.py checks). Core ML is converted and
+grid in executorch-int8 and openvino-int8 (its default method, ``qdq``); none in openvino-int8-nncf (``--method
+nncf``). ``tflite-int8`` is also compared with Google's own file: identical uint8 outputs on how many photos. A
+second table takes the same model with its grids removed (a float model, as if trained here): the int8 formats
+calibrated on the even photos, scored on the odd ones (what tests/test_export_int8.py checks), tflite-int8 in
+TF Lite's int8 scheme (its default) and in Google's 2018 per-tensor uint8 one. Core ML is converted and
 inspected, not run (Apple platforms only). Detector rows (108 shared photos): max |difference| of the decoded boxes
-and logits to PyTorch, and the detections (score >= 0.5) each file finds at IoU >= 0.5 of the float model's;
-``tflite-int8`` against Google's ``detect.tflite`` (identical outputs on how many photos).
+and logits to PyTorch, and the detections (score >= 0.5) each file finds at IoU >= 0.5 of the float model's
+(onnx and onnx-int8 end in their NMS: :mod:`mobilenet.detection.export`); ``tflite-int8`` against Google's
+``detect.tflite`` (identical outputs on how many photos). The SSD with its grids removed: its int8 formats
+calibrated on every 4th photo, scored on the other 81 (as tests/test_export_int8.py).
 
     python benchmarks/deploy_parity.py [--latency] [--threads 1] [--json out.json]
 
@@ -37,23 +40,41 @@ DATA = Path(os.environ.get("MOBILENET_DATA", REPO.parent / "shared" / "data"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-INT8_CLASSIFIER_FORMATS = ("onnx-int8", "tflite-int8", "executorch-int8", "openvino-int8", "openvino-int8-qdq")
+INT8_CLASSIFIER_FORMATS = ("onnx-int8", "tflite-int8", "executorch-int8", "openvino-int8", "openvino-int8-nncf")
 CLASSIFIER_FORMATS = ("onnx", "torchscript", "torch-export", "tflite", "tflite-nhwc", "executorch", "openvino",
                       "openvino-bf16", "coreml", *INT8_CLASSIFIER_FORMATS)
-DETECTOR_FORMATS = ("tflite", "executorch", "openvino", "tflite-int8", "openvino-int8", "executorch-int8")
+WITHOUT_GRIDS_FORMATS = (*INT8_CLASSIFIER_FORMATS, "tflite-int8-per-tensor")
+DETECTOR_FORMATS = ("onnx", "tflite", "executorch", "openvino", "onnx-int8", "tflite-int8", "openvino-int8",
+                    "executorch-int8")
+DETECTOR_INT8_FORMATS = ("onnx-int8", "tflite-int8", "tflite-int8-per-tensor", "executorch-int8", "openvino-int8")
+BASES = {"tflite-nhwc": "tflite", "openvino-bf16": "openvino", "openvino-int8-nncf": "openvino-int8",
+         "tflite-int8-per-tensor": "tflite-int8"}
 
 
 def _export(model: Any, fmt: str, folder: Path, calibration: torch.Tensor) -> tuple[Path, dict[str, Any]]:
     from mobilenet.export import INT8, SUFFIXES, export
+    from mobilenet.export.metadata import is_detector
 
-    base = {"tflite-nhwc": "tflite", "openvino-bf16": "openvino", "openvino-int8-qdq": "openvino-int8"}.get(fmt, fmt)
+    base = BASES.get(fmt, fmt)
     path = folder / f"{fmt}{SUFFIXES[base]}"
     kw: dict[str, Any] = {"layout": "NHWC"} if fmt == "tflite-nhwc" else {}
-    if fmt == "openvino-int8-qdq":
-        kw["method"] = "qdq"
+    if fmt == "openvino-int8-nncf":
+        kw["method"] = "nncf"
     if base in INT8 and (base != "tflite-int8" or not _has_grids(model)):  # else: the recorded grids, no images
         kw["calibration"] = calibration
-    export(model, path, format=base, **kw)
+    if is_detector(model) and base.startswith("onnx"):  # the detector's ONNX ends in its NMS
+        from mobilenet.detection.export import export_detector_int8, export_detector_onnx
+
+        if base == "onnx":
+            export_detector_onnx(model, path, nms=True)
+        else:
+            export_detector_int8(model, path, calibration, nms=True)
+    elif fmt == "tflite-int8-per-tensor":  # Google's 2018 scheme: uint8 kernels and activations
+        from mobilenet.export.tflite import export_tflite_int8
+
+        export_tflite_int8(model, path, scheme="per-tensor", **kw)
+    else:
+        export(model, path, format=base, **kw)
     options = {"precision": "f32"} if base.startswith("openvino") and fmt != "openvino-bf16" else {}
     if fmt == "openvino-bf16":
         options = {"precision": "bf16"}
@@ -131,7 +152,7 @@ def classifier_without_grids(args: argparse.Namespace, folder: Path) -> list[dic
     rows = [{"format": "float (PyTorch)", "runtime": "torch", "top1": _pct(ref, labels), "agreement": 100.0}]
     sub = folder / "without-grids"
     sub.mkdir()
-    for fmt in INT8_CLASSIFIER_FORMATS:
+    for fmt in WITHOUT_GRIDS_FORMATS:
         print(f"classifier without grids: {fmt}", file=sys.stderr, flush=True)
         try:
             path, options = _export(model, fmt, sub, x[0::2])
@@ -187,6 +208,41 @@ def detector(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
         timed[fmt] = lambda det=det: det.predictor(x[:1])
     if args.latency:
         _latency(rows, timed, args)
+    return rows
+
+
+def detector_without_grids(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    """The int8 formats of the COCO SSD with its recorded grids removed: calibrated on every 4th shared photo,
+    scored on the other 81 against the float model's detections."""
+    from PIL import Image
+
+    from mobilenet import runtimes
+    from mobilenet.detection.predict import list_images, model_input
+    from mobilenet.detection.runtime import RuntimeDetector
+    from mobilenet.export import file_size
+    from mobilenet.tflite.ssd import import_detect_tflite
+    from mobilenet.weights import weights_info
+
+    model = import_detect_tflite(DATA / "weights" / "tflite" / "detect.tflite").eval()
+    model.weights_info = weights_info(model).replace(quantization=None)
+    photos = list_images([DATA / "detection" / "voc" / "VOCdevkit", DATA / "imagenet" / "images"])
+    x = torch.stack([model_input(Image.open(p), model) for p in photos])
+    held = [i for i in range(len(x)) if i % 4]
+    with torch.inference_mode():
+        ref = [model.detect(x[i:i + 1])[0] for i in held]
+    sub = folder / "ssd-without-grids"
+    sub.mkdir()
+    rows = []
+    for fmt in DETECTOR_INT8_FORMATS:
+        print(f"detector without grids: {fmt}", file=sys.stderr, flush=True)
+        try:
+            path, options = _export(model, fmt, sub, x[0::4])
+        except (ImportError, ValueError) as e:
+            rows.append({"format": fmt, "skipped": str(e).splitlines()[0]})
+            continue
+        det = RuntimeDetector(runtimes.load(path, threads=args.threads, **options))
+        dets = [det.detect(x[i:i + 1])[0] for i in held]
+        rows.append(_det_row(fmt, det, dets, ref, [photos[i] for i in held], file_size(path)))
     return rows
 
 
@@ -250,6 +306,7 @@ def main() -> None:
         cls_rows = classifier(args, Path(tmp))
         plain_rows = classifier_without_grids(args, Path(tmp))
         det_rows = detector(args, Path(tmp))
+        det_plain_rows = detector_without_grids(args, Path(tmp))
     cols = [("format", "format"), ("runtime", "runtime"), ("max abs diff to PyTorch", "max_abs_diff"),
             ("top-1 %", "top1"), ("agreement with float %", "agreement"), ("size MB", "size_mb")]
     extra = [("identical to Google's file", "identical_to_google")] + (
@@ -265,9 +322,13 @@ def main() -> None:
              ("detections found (score >= 0.5, IoU >= 0.5)", "detections_found"), ("size MB", "size_mb")]
     print("\nCOCO SSD MobileNet v1 (detect.tflite, imported), 108 shared photos\n")
     print(table(det_rows, dcols + extra))
+    print("\nThe same SSD with its recorded grids removed, int8 calibrated on every 4th photo, scored on the other "
+          "81\n")
+    print(table(det_plain_rows, [c for c in dcols if c[1] != "max_abs_diff"]))
     if args.json:
         Path(args.json).write_text(json.dumps({"classifier": cls_rows, "classifier_without_grids": plain_rows,
-                                               "detector": det_rows}, indent=1))
+                                               "detector": det_rows, "detector_without_grids": det_plain_rows},
+                                              indent=1))
 
 
 if __name__ == "__main__":

@@ -797,8 +797,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "dry_run": dry, "out": str(args.out), "work": str(args.work), "cifar_data": str(args.cifar_data),
         "resolution": 32 if dry else 224, "width_mult": 0.125 if dry else 1.0,
         "batches": [1] if dry else [1, 32, 256], "dtypes": ["fp32"] if dry else ["fp32", "bf16", "fp16"],
-        # the dry run's numbers mean nothing: no warm-up, one call per sample, two rounds (the order still rotates)
-        "timing": ({"rounds": 2, "warmup": 0, "sample_s": 0.0} if dry
+        # the dry run's numbers mean nothing: no warm-up, one round of one call per path
+        "timing": ({"rounds": 1, "warmup": 0, "sample_s": 0.0} if dry
                    else {"rounds": 7, "warmup": 3, "sample_s": 0.025}),
         # the dry run traces with dynamo but skips inductor's code generation (minutes on a small CPU)
         "compile_backend": "eager" if dry else "inductor",

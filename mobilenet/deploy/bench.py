@@ -9,10 +9,12 @@ Variants
     cpu forward: every deployment path of :mod:`mobilenet.deploy.paths`: ``eager`` (fp32, the reference),
     ``folded`` (BN folded), ``channels_last``, ``compile`` (``torch.compile`` of the folded model), ``int8`` (FX
     x86 PTQ), and each export in its runtime (a row per runtime): ``onnxruntime`` and ``onnxruntime-int8`` (QDQ),
-    ``openvino`` (f32), ``openvino-bf16``, ``openvino-int8`` (NNCF), ``openvino-int8-qdq``, ``tflite``,
-    ``executorch`` and ``executorch-int8`` (XNNPACK), each where its runtime is installed; with ``peers`` also
-    what a user gets without us (``peer-openvino``: OpenVINO's defaults on our ONNX; ``peer-openvino-nncf``: its
-    int8 recipe, NNCF's defaults, on the same file; ``peer-timm``; ``peer-tflite`` on Google's file). A runtime row times the runtime on its own input (layout and dtype converted beforehand).
+    ``openvino`` (f32), ``openvino-bf16``, ``openvino-int8`` (what ``export --format openvino-int8`` writes: our
+    QDQ ONNX converted for a classifier, NNCF for a detector), ``openvino-int8-nncf`` (``--method nncf``),
+    ``tflite``, ``executorch`` and ``executorch-int8`` (XNNPACK), each where its runtime is installed; with
+    ``peers`` also what a user gets without us (``peer-openvino``: OpenVINO's defaults on our ONNX;
+    ``peer-openvino-nncf``: its int8 recipe, NNCF's defaults, on the same file; ``peer-timm``; ``peer-tflite`` on
+    Google's file). A runtime row times the runtime on its own input (layout and dtype converted beforehand).
     cpu forward-backward (train mode): ``eager``, ``channels_last``, ``compile``.
     cuda forward: ``eager``, ``folded``, ``channels_last``, ``fp16``, ``bf16`` (folded, channels_last,
     half-precision weights), ``compile-fp16`` and ``cuda-graphs-fp16`` (a captured static-shape replay).

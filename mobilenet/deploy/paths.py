@@ -42,6 +42,7 @@ class DeployPath:
     peer: bool = False
     variant: str | None = None  # PyTorch: eager, folded, channels_last, compile, int8
     slow: bool = False  # takes tens of seconds to build (compilation): left out unless asked for
+    export: tuple[tuple[str, Any], ...] = ()  # extra arguments of ``mobilenet.export.export`` (e.g. the int8 method)
 
     @property
     def reduced(self) -> bool:
@@ -60,7 +61,8 @@ PATHS: dict[str, DeployPath] = {p.name: p for p in (
     DeployPath("openvino", "openvino", "openvino", (("precision", "f32"),)),
     DeployPath("openvino-bf16", "openvino", "openvino", (("precision", "bf16"),), precision="bfloat16"),
     DeployPath("openvino-int8", "openvino", "openvino-int8", (("precision", "f32"),), precision="int8"),
-    DeployPath("openvino-int8-qdq", "openvino", "openvino-int8", (("precision", "f32"),), precision="int8"),
+    DeployPath("openvino-int8-nncf", "openvino", "openvino-int8", (("precision", "f32"),), precision="int8",
+               export=(("method", "nncf"),)),
     DeployPath("tflite", "tflite", "tflite"),
     DeployPath("executorch", "executorch", "executorch", slow=True),
     DeployPath("executorch-int8", "executorch", "executorch-int8", precision="int8", slow=True),
@@ -180,9 +182,10 @@ def _exported(model: MobileNetV1, path: DeployPath, *, batch: int, threads: int,
         file = nncf_defaults(onnx_file, calibration if calibration is not None else torch.randn(8, *_input(model)),
                              folder / "peer-nncf.xml")
     else:
-        file = folder / f"{path.format}{SUFFIXES[path.format]}"  # type: ignore[index]
+        stem = path.name if path.export else path.format
+        file = folder / f"{stem}{SUFFIXES[path.format]}"  # type: ignore[index]
         if not file.exists():  # a format shared by several paths (onnx, onnx-int8) is exported once
-            kwargs: dict[str, Any] = {}
+            kwargs: dict[str, Any] = dict(path.export)
             if path.format in ("tflite", "executorch", "executorch-int8"):
                 kwargs["batch"] = batch
             if path.format.endswith("-int8"):  # type: ignore[union-attr]
