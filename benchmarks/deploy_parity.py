@@ -60,6 +60,8 @@ def _export(model: Any, fmt: str, folder: Path, calibration: torch.Tensor) -> tu
     kw: dict[str, Any] = {"layout": "NHWC"} if fmt == "tflite-nhwc" else {}
     if fmt == "openvino-int8-nncf":
         kw["method"] = "nncf"
+    if fmt == "tflite-int8-per-tensor":  # Google's 2018 scheme: uint8 kernels and activations
+        kw["scheme"] = "per-tensor"
     if base in INT8 and (base != "tflite-int8" or not _has_grids(model)):  # else: the recorded grids, no images
         kw["calibration"] = calibration
     if is_detector(model) and base.startswith("onnx"):  # the detector's ONNX ends in its NMS
@@ -69,10 +71,6 @@ def _export(model: Any, fmt: str, folder: Path, calibration: torch.Tensor) -> tu
             export_detector_onnx(model, path, nms=True)
         else:
             export_detector_int8(model, path, calibration, nms=True)
-    elif fmt == "tflite-int8-per-tensor":  # Google's 2018 scheme: uint8 kernels and activations
-        from mobilenet.export.tflite import export_tflite_int8
-
-        export_tflite_int8(model, path, scheme="per-tensor", **kw)
     else:
         export(model, path, format=base, **kw)
     options = {"precision": "f32"} if base.startswith("openvino") and fmt != "openvino-bf16" else {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -282,6 +283,30 @@ def test_cli_export(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(src), "--format", "tflite-float16", "-o", str(out)])
+
+
+@pytest.mark.slow
+def test_cli_export_int8_defaults_match_the_librarys(tmp_path):
+    """`mobilenet export` writes what `mobilenet.export.export` writes: openvino-int8 of a classifier by our QDQ
+    ONNX, tflite-int8 in TF Lite's int8 scheme unless --scheme per-tensor."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("ai_edge_litert")
+    from PIL import Image
+
+    src = mobilenet.save(_model("tf"), tmp_path / "m.safetensors")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    calib = ["--calib", str(photos), "--no-check"]
+    assert main(["export", str(src), "--format", "openvino-int8", "-o", str(tmp_path / "q.xml"), *calib]) == 0
+    assert runtimes.load(tmp_path / "q.xml").metadata["quantization"]["method"] == "onnx-qdq"
+    for scheme in ("per-channel", "per-tensor"):
+        out = tmp_path / f"{scheme}.tflite"
+        assert main(["export", str(src), "--format", "tflite-int8", "-o", str(out), *calib, *(
+            ["--scheme", scheme] if scheme == "per-tensor" else [])]) == 0
+        assert runtimes.load(out).metadata["quantization"]["scheme"].startswith(scheme)
 
 
 @pytest.fixture(scope="module")

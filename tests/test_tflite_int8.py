@@ -73,19 +73,20 @@ def _tiny() -> mobilenet.MobileNetV1:
     return model
 
 
-@pytest.mark.parametrize("preset", ["tf", "paper"])
-def test_calibrated_classifier(preset, tmp_path):
+@pytest.mark.parametrize("preset,scheme", [("tf", "per-channel"), ("paper", "per-channel"), ("tf", "per-tensor")])
+def test_calibrated_classifier(preset, scheme, tmp_path):
     model = _tiny() if preset == "tf" else mobilenet.create_model("mobilenet_v1_025_128", resolution=64,
                                                                   num_classes=6).eval()
     x = torch.rand(16, 3, 64, 64) * 4 - 2  # normalised inputs whose pixels lie in 0..255
     with pytest.raises(ValueError, match="calibration"):
         export(model, tmp_path / "q.tflite", format="tflite-int8")
-    path = export(model, tmp_path / "q.tflite", format="tflite-int8", calibration=x)
+    path = export(model, tmp_path / "q.tflite", format="tflite-int8", calibration=x, scheme=scheme)
     result = check(path, model, x)  # probabilities of the uint8 file against the float model's softmax
     assert result.top1_agreement >= 0.8 and result.max_abs_diff < 0.2, result
     p = runtimes.load(path)
     meta = p.metadata["quantization"]
     assert meta["grids"] == "calibrated" and meta["input_folded"]  # ImageNet's per-channel mean/std: folded
+    assert meta["scheme"].startswith(scheme)
     assert (p.input_dtype, p.layout, p.output_names[-1]) == ("uint8", "NHWC", "probabilities")
 
 

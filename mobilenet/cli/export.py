@@ -48,8 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 17; default 18)")
     p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW", help="TF Lite input layout")
     p.add_argument("--batch", type=positive_int, default=1, help="fixed batch size of a TF Lite or ExecuTorch file")
-    p.add_argument("--method", choices=("nncf", "qdq"), default="nncf",
-                   help="openvino-int8: NNCF on the float IR, or our int8 QDQ ONNX converted")
+    p.add_argument("--method", choices=("nncf", "qdq"), default=None,
+                   help="openvino-int8: our int8 QDQ ONNX converted (a classifier's default) or NNCF on the float "
+                        "IR (a detector's default)")
+    p.add_argument("--scheme", choices=("per-channel", "per-tensor"), default="per-channel",
+                   help="tflite-int8 when calibrated: int8 kernels per channel (TF Lite's scheme), or per-tensor uint8 "
+                        "(Google's 2018 files, the Edge TPU's); a quantized import keeps its own")
     p.add_argument("--precision", choices=("float16", "float32"), default="float16",
                    help="Core ML compute precision (float16 runs on the Neural Engine)")
     p.add_argument("--calib", default=None, help="calibration images for *-int8 (folder or dataset)")
@@ -158,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         path = export(model, args.output, format=args.format, resolution=args.resolution, calibration=calibration,
                       opset=args.opset, layout=args.layout, batch=args.batch, method=args.method,
-                      precision=args.precision)
+                      precision=args.precision, scheme=args.scheme)
     print(f"wrote {path} ({file_size(path) / 1e6:.2f} MB, {args.format}, input {size[0]}x{size[1]})")
     if args.format == "coreml":
         _print_coreml(path)

@@ -87,6 +87,7 @@ def export(
     batch: int = 1,
     method: str | None = None,
     precision: str = "float16",
+    scheme: str = "per-channel",
 ) -> Path:
     """Write ``model`` in one of ``FORMATS`` (table in the module docstring) and return the path written.
 
@@ -94,7 +95,8 @@ def export(
     ``opset``: ONNX opset (>= 17). ``layout``: TF Lite input layout (``NCHW`` or ``NHWC``). ``method``:
     OpenVINO int8 (``qdq``, a classifier's default, or ``nncf``, a detector's). ``batch``: the fixed batch size of
     a TF Lite or ExecuTorch file (the other formats have a dynamic batch). ``precision``: Core ML compute precision
-    (``float16``/``float32``).
+    (``float16``/``float32``). ``scheme``: a calibrated ``tflite-int8`` file's (``per-channel``: TF Lite's int8
+    scheme; ``per-tensor``: uint8 kernels as Google's 2018 files; a quantized import keeps its own).
     """
     path = Path(path)
     _check_format(model, path, format, calibration)
@@ -124,7 +126,7 @@ def export(
 
         if resolution is not None and input_size(model, resolution) != input_size(model):
             raise ValueError("tflite-int8 is written at the model's own input size")
-        return export_tflite_int8(model, path, calibration=calibration)
+        return export_tflite_int8(model, path, calibration=calibration, scheme=scheme)
     if format.startswith("executorch"):
         from .executorch import export_executorch
 
