@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import all_reduce_sum
+from .inference import as_logits
 from .predict import check_finite, require_classifier
 
 
@@ -93,6 +94,7 @@ def evaluate(
                 logits = model(x)
             logits = logits.float()
             check_finite(logits)  # NaN logits would still "score" (argmax picks some class): never a result
+            logits = as_logits(logits, model)  # a file that ends in its softmax: the log of its probabilities
             if num_outputs is None:
                 num_outputs = logits.shape[1]
                 ds_classes = dataset_classes if dataset_classes is not None else [str(i) for i in range(num_outputs)]

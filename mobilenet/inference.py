@@ -108,9 +108,23 @@ def check_finite(logits: torch.Tensor, source: str = "the model") -> None:
                          "training run that diverged")
 
 
+def probabilities(outputs: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Class probabilities of a classifier's outputs ``(N, classes)``: their softmax, or the outputs themselves for
+    a deployed file that ends in its softmax (``outputs_probabilities``: a full-integer TF Lite file)."""
+    x = outputs.float()
+    return x if getattr(model, "outputs_probabilities", False) else x.softmax(dim=1)
+
+
+def as_logits(outputs: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """A classifier's outputs as logits (what a cross-entropy and an argmax read): unchanged, or for a file that ends
+    in its softmax the log of its probabilities (a quantized file's exact zeros kept finite at log(1e-12))."""
+    x = outputs.float()
+    return x.clamp_min(1e-12).log() if getattr(model, "outputs_probabilities", False) else x
+
+
 def decode_predictions(logits: torch.Tensor | np.ndarray, model: nn.Module,
                        top: int = 5) -> list[list[dict[str, Any]]]:
-    """Per image, the ``top`` classes by probability (softmax of ``logits``, shape ``(N, classes)`` or
+    """Per image, the ``top`` classes by probability (:func:`probabilities` of ``logits``, ``(N, classes)`` or
     ``(classes,)``): ``{"label", "index", "prob"}`` and ``"name"`` where the weights carry readable names
     (``{"label": "n01440764", "name": "tench, Tinca tinca", "index": 1, "prob": 0.81}``)."""
     if top < 1:
@@ -122,7 +136,7 @@ def decode_predictions(logits: torch.Tensor | np.ndarray, model: nn.Module,
         raise ValueError(f"expected logits of shape (N, classes), got {tuple(x.shape)}")
     check_finite(x)
     labels, readable = class_names(model, x.shape[1]), readable_names(model, x.shape[1])
-    probs, idx = x.softmax(dim=1).topk(min(top, x.shape[1]), dim=1)
+    probs, idx = probabilities(x, model).topk(min(top, x.shape[1]), dim=1)
     out = []
     for p_row, i_row in zip(probs.tolist(), idx.tolist(), strict=True):
         row = [{"label": labels[i], "index": i, "prob": p} for p, i in zip(p_row, i_row, strict=True)]

@@ -181,7 +181,7 @@ def check(path: str | os.PathLike[str], model: nn.Module, x: torch.Tensor | None
         else:
             ref = model.eval()(x)
         out = predictor(x)
-    if predictor.metadata.get("outputs") == ["probabilities"]:  # a full-integer file ends in its softmax
+    if predictor.outputs_probabilities:  # a full-integer file ends in its softmax
         ref = ref.softmax(dim=1)
     refs = ref if isinstance(ref, tuple) else (ref,)
     outs = out if isinstance(out, tuple) else (out,)

@@ -91,6 +91,12 @@ class Predictor(nn.Module):
                                                  else "classify"))
 
     @property
+    def outputs_probabilities(self) -> bool:
+        """The file's classifier output is already probabilities (it ends in its softmax: a full-integer TF Lite
+        file, Google's or ours), not logits: read it without another softmax (:mod:`mobilenet.inference`)."""
+        return self.task == "classify" and self.metadata.get("outputs") == ["probabilities"]
+
+    @property
     def resolution(self) -> tuple[int, int]:
         """(height, width) of the input."""
         return int(self.input_shape[2]), int(self.input_shape[3])  # type: ignore[arg-type]

@@ -80,7 +80,11 @@ def foreign_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         if labels is not None and n:
             meta.update(class_names=read_labelmap(labels, n), labels_from=str(labels))
         return meta
-    meta = {"task": "classify"}
+    meta: dict[str, Any] = {"task": "classify"}
+    ops = [op.opcode for op in model.operators]
+    last_layer = max((i for i, op in enumerate(ops) if op in ("CONV_2D", "FULLY_CONNECTED")), default=-1)
+    if "SOFTMAX" in ops[last_layer + 1:]:  # Google's classifiers end in their softmax: probabilities, not logits
+        meta["outputs"] = ["probabilities"]
     n = int(model.outputs[0].shape[-1])
     if n in (1000, 1001):  # Google's ImageNet classifiers: TF's 1001 classes have "background" first
         from ..imagenet_classes import imagenet_class_names, imagenet_wnids

@@ -20,6 +20,7 @@ from PIL import Image
 from .. import strict_json
 from ..detection.boxes import clip_boxes
 from ..detection.postprocess import Detections
+from ..inference import probabilities
 
 
 class ServedModel:
@@ -121,8 +122,7 @@ def _artifact_classifier(predictor: Any) -> ServedModel:
 
     def run(images: list[Image.Image]) -> list[torch.Tensor]:
         logits = predictor(torch.stack([pre(im) for im in images]))
-        logits = (logits[0] if isinstance(logits, tuple) else logits).float()
-        return list(logits.softmax(1))
+        return list(probabilities(logits[0] if isinstance(logits, tuple) else logits, predictor))
 
     info = {"file": predictor.path.name, "runtime": predictor.runtime, "device": "cpu",
             "config": predictor.metadata.get("config"), "preprocessing": pre.to_dict()}
