@@ -226,3 +226,32 @@ def test_cli_sigterm_saves_state_and_resume_auto_trains_the_rest_bit_identically
     got, _ = read(run / "last.safetensors")
     for k in want:
         assert torch.equal(want[k], got[k]), k
+
+
+def test_a_signal_after_an_epochs_last_step_resumes_into_that_epochs_end(tmp_path):
+    """SIGTERM caught after the last step of epoch 1 saves a state before the epoch's end (row, validation):
+    the resume runs that end instead of skipping to epoch 2 (metrics.jsonl had lost epoch 1's row)."""
+    data = banded_image_folder(tmp_path / "imgs", seed=0)
+    kw = dict(data=str(data), val_data=str(data), width_mult=0.25, resolution=32, batch_size=8, workers=0,
+              tensorboard=False, curves=False, augment="none", crop_fraction=1.0, deterministic=True, epochs=3,
+              seed=1, device="cpu")
+    from mobilenet.engine.classify import train
+
+    signalled = []
+    for ev in train(TrainConfig(**kw, out=str(tmp_path / "run"))):
+        if ev["event"] == "step" and ev["epoch"] == 0 and ev["step"] == ev["steps_per_epoch"] and not signalled:
+            signalled.append(ev["global_step"])
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop's flag: acted on right after this step
+    state = json.loads((latest_state(tmp_path / "run") / "state.json").read_text())
+    assert (state["epoch"], state["step_in_epoch"]) == (0, signalled[0])  # stopped before epoch 1's end
+    fit(TrainConfig(**kw, out=str(tmp_path / "run"), resume="auto"))
+    fit(TrainConfig(**kw, out=str(tmp_path / "ref")))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r.get("val_top1") for r in rows] == [r.get("val_top1") for r in ref]
+    want, _ = read(tmp_path / "ref" / "last.safetensors")
+    got, _ = read(tmp_path / "run" / "last.safetensors")
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+

@@ -254,8 +254,8 @@ class _Run:
         if self.resume_from is not None:
             if info.rank > 0:  # rank 0's RNG was saved; give other ranks their own, still reproducible, stream
                 torch.manual_seed(cfg.seed + 7919 * info.rank + self.progress.global_step)
-            if self.progress.step_in_epoch >= self.steps_per_epoch:  # saved at the very end of an epoch
-                self.progress.epoch, self.progress.step_in_epoch = self.progress.epoch + 1, 0
+            # a state saved by a signal after an epoch's last step (step_in_epoch == steps_per_epoch) resumes into
+            # that epoch with no step left: its end (row, validation, save) runs then, so no epoch's row is lost
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save_json(self.run_dir / "config.json")
