@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import statistics
-import tempfile
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,7 +47,6 @@ def quantize_file(weights: str, output: str | os.PathLike[str], calib: str, *, n
     from ..deploy.calibration import load_images, load_labelled
     from ..deploy.loading import load_model
     from ..deploy.quantize import (
-        quantize_onnx,
         quantize_ptq,
         quantize_qat,
         quantized_engine,
@@ -57,7 +54,7 @@ def quantize_file(weights: str, output: str | os.PathLike[str], calib: str, *, n
         save_quantized,
     )
     from ..export.metadata import artifact_metadata
-    from ..export.onnx import export_onnx
+    from ..export.onnx import export_onnx_int8
     from ..preprocessing import Preprocessing
     from ..runtimes.onnxruntime import session as onnx_session
 
@@ -77,42 +74,43 @@ def quantize_file(weights: str, output: str | os.PathLike[str], calib: str, *, n
     example = calib_x[:1]
     ranges, grids = ({}, {}) if calibrated_ranges else recorded_grids(model)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        if backend == "torch":
-            if qat:
-                q = quantize_qat(model, _train_batches(train_data, model, pre, batch_size),  # type: ignore[arg-type]
-                                 epochs=epochs, lr=lr, engine=engine, progress=progress)
-            else:
-                q = quantize_ptq(model, calib_x, engine=engine, observer=observer, use_recorded=not calibrated_ranges,
-                                 progress=progress)
-            path = save_quantized(q, output, example, metadata=artifact_metadata(model))
-
-            def int8(x: torch.Tensor) -> torch.Tensor:
-                with quantized_engine(engine), torch.inference_mode():
-                    return q(x)
+    if backend == "torch":
+        if qat:
+            q = quantize_qat(model, _train_batches(train_data, model, pre, batch_size),  # type: ignore[arg-type]
+                             epochs=epochs, lr=lr, engine=engine, progress=progress)
         else:
-            float_onnx = export_onnx(model, Path(tmp) / "float.onnx", resolution=calib_x.shape[-1])
-            path = quantize_onnx(float_onnx, output, calib_x, activation_ranges=ranges, weight_grids=grids)
-            sess = onnx_session(path, threads=threads or torch.get_num_threads())
-            name = sess.get_inputs()[0].name
+            q = quantize_ptq(model, calib_x, engine=engine, observer=observer, use_recorded=not calibrated_ranges,
+                             progress=progress)
+        path = save_quantized(q, output, example, metadata=artifact_metadata(model))
 
-            def int8(x: torch.Tensor) -> torch.Tensor:
-                return torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
+        def int8(x: torch.Tensor) -> torch.Tensor:
+            with quantized_engine(engine), torch.inference_mode():
+                return q(x)
+    else:
+        # the int8 ONNX of `mobilenet export --format onnx-int8`: recorded grids, or per-channel symmetric
+        # weights with bias correction when calibrated
+        path = export_onnx_int8(model, output, calib_x, resolution=calib_x.shape[-1],
+                                use_recorded=not calibrated_ranges)
+        sess = onnx_session(path, threads=threads or torch.get_num_threads())
+        name = sess.get_inputs()[0].name
 
-        def fp32(x: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                return model(x)
+        def int8(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
 
-        if eval_data:
-            xs, ys = load_labelled(eval_data, pre, num_classes=model.num_classes, class_names=info.classes,
-                                   limit=num_eval)
-        else:
-            xs, ys = calib_x, None
-        ref = torch.cat([fp32(b) for b in xs.split(32)])
-        out = torch.cat([int8(b) for b in xs.split(1 if backend == "torch" else 32)])
-        with num_threads(threads):
-            times = time_interleaved({"fp32": lambda: fp32(example), "int8": lambda: int8(example)},
-                                     repeats=repeats, warmup=3, min_sample_s=0.02)
+    def fp32(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+
+    if eval_data:
+        xs, ys = load_labelled(eval_data, pre, num_classes=model.num_classes, class_names=info.classes,
+                               limit=num_eval)
+    else:
+        xs, ys = calib_x, None
+    ref = torch.cat([fp32(b) for b in xs.split(32)])
+    out = torch.cat([int8(b) for b in xs.split(1 if backend == "torch" else 32)])
+    with num_threads(threads):
+        times = time_interleaved({"fp32": lambda: fp32(example), "int8": lambda: int8(example)},
+                                 repeats=repeats, warmup=3, min_sample_s=0.02)
     float_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     report: dict[str, Any] = {
         "backend": backend, "engine": engine if backend == "torch" else "onnxruntime", "qat": qat,
