@@ -194,11 +194,11 @@ def _detector(args: argparse.Namespace, batch: int, threads: int) -> dict[str, A
                 "precision": ("int8" if n.endswith("int8") or n in ("peer-tflite", "peer-openvino-nncf") else
                               "default" if n == "peer-openvino" else "float32")}
             for n, t in times.items()}
+    with torch.inference_mode():  # the float model's detections, once for every path
+        refs = [model.detect(images[i:i + 1])[0] for i in range(len(images))]
     for n, d in dets.items():  # detections of the float model (score >= 0.5) found at IoU >= 0.5
         found = Parity()
-        for i in range(len(images)):
-            with torch.inference_mode():
-                ref = model.detect(images[i:i + 1])[0]
+        for i, ref in enumerate(refs):
             match_detections(ref, d.detect(images[i:i + 1])[0], found, photos[i].name, min_iou=0.5, score_tol=1.0)
         rows[n]["detections_found"] = f"{found.matched}/{found.references}"
     return {"rows": rows, "skipped": skipped, "weights": str(src), "photos": len(images)}

@@ -79,6 +79,33 @@ def _export(model: Any, fmt: str, folder: Path, calibration: torch.Tensor) -> tu
     return path, options
 
 
+def _export_or_skip(model: Any, fmt: str, folder: Path, calibration: torch.Tensor, rows: list[dict[str, Any]],
+                    what: str) -> tuple[Path, dict[str, Any]] | None:
+    """:func:`_export`, or a ``skipped`` row (a runtime not installed, a format the model cannot take)."""
+    print(f"{what}: {fmt}", file=sys.stderr, flush=True)
+    try:
+        return _export(model, fmt, folder, calibration)
+    except (ImportError, ValueError) as e:
+        rows.append({"format": fmt, "skipped": str(e).splitlines()[0]})
+        return None
+
+
+def _ssd_and_photos(*, grids: bool = True) -> tuple[Any, list[Path], torch.Tensor]:
+    """The imported COCO SSD (``grids=False``: its recorded grids removed, as a float model trained here) and the
+    108 shared photos as its inputs."""
+    from PIL import Image
+
+    from mobilenet.detection.predict import list_images, model_input
+    from mobilenet.tflite.ssd import import_detect_tflite
+    from mobilenet.weights import weights_info
+
+    model = import_detect_tflite(DATA / "weights" / "tflite" / "detect.tflite").eval()
+    if not grids:
+        model.weights_info = weights_info(model).replace(quantization=None)
+    photos = list_images([DATA / "detection" / "voc" / "VOCdevkit", DATA / "imagenet" / "images"])
+    return model, photos, torch.stack([model_input(Image.open(p), model) for p in photos])
+
+
 def _has_grids(model: Any) -> bool:
     from mobilenet.weights import weights_info
 
@@ -105,12 +132,10 @@ def classifier(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
              "size_mb": round(src.stat().st_size / 1e6, 3)}]
     timed: dict[str, Any] = {"google": lambda: google(x[:1])}
     for fmt in CLASSIFIER_FORMATS:
-        print(f"classifier: {fmt}", file=sys.stderr, flush=True)
-        try:
-            path, options = _export(model, fmt, folder, x[0::2])
-        except (ImportError, ValueError) as e:
-            rows.append({"format": fmt, "skipped": str(e).splitlines()[0]})
+        exported = _export_or_skip(model, fmt, folder, x[0::2], rows, "classifier")
+        if exported is None:
             continue
+        path, options = exported
         row: dict[str, Any] = {"format": fmt, "size_mb": round(file_size(path) / 1e6, 3)}
         if fmt == "coreml":
             info = inspect_coreml(path)
@@ -151,12 +176,10 @@ def classifier_without_grids(args: argparse.Namespace, folder: Path) -> list[dic
     sub = folder / "without-grids"
     sub.mkdir()
     for fmt in WITHOUT_GRIDS_FORMATS:
-        print(f"classifier without grids: {fmt}", file=sys.stderr, flush=True)
-        try:
-            path, options = _export(model, fmt, sub, x[0::2])
-        except (ImportError, ValueError) as e:
-            rows.append({"format": fmt, "skipped": str(e).splitlines()[0]})
+        exported = _export_or_skip(model, fmt, sub, x[0::2], rows, "classifier without grids")
+        if exported is None:
             continue
+        path, options = exported
         p = runtimes.load(path, threads=args.threads, **options)
         out = p(odd)
         rows.append({"format": fmt, "runtime": _runtime(p), "top1": _pct(out, labels),
@@ -165,18 +188,12 @@ def classifier_without_grids(args: argparse.Namespace, folder: Path) -> list[dic
 
 
 def detector(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
-    from PIL import Image
-
     from mobilenet import runtimes
-    from mobilenet.detection.predict import list_images, model_input
     from mobilenet.detection.runtime import RuntimeDetector
     from mobilenet.export import file_size
-    from mobilenet.tflite.ssd import import_detect_tflite
 
     src = DATA / "weights" / "tflite" / "detect.tflite"
-    model = import_detect_tflite(src).eval()
-    photos = list_images([DATA / "detection" / "voc" / "VOCdevkit", DATA / "imagenet" / "images"])
-    x = torch.stack([model_input(Image.open(p), model) for p in photos])
+    model, photos, x = _ssd_and_photos()
     net = model.decoded()
     with torch.inference_mode():
         ref_raw = [net(x[i:i + 1]) for i in range(len(x))]
@@ -186,12 +203,10 @@ def detector(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
     rows = [_det_row("Google's detect.tflite (reference)", google, g_det, ref, photos, src.stat().st_size)]
     timed: dict[str, Any] = {"google": lambda: google(x[:1])}
     for fmt in DETECTOR_FORMATS:
-        print(f"detector: {fmt}", file=sys.stderr, flush=True)
-        try:
-            path, options = _export(model, fmt, folder, x[0::4])
-        except (ImportError, ValueError) as e:
-            rows.append({"format": fmt, "skipped": str(e).splitlines()[0]})
+        exported = _export_or_skip(model, fmt, folder, x[0::4], rows, "detector")
+        if exported is None:
             continue
+        path, options = exported
         det = RuntimeDetector(runtimes.load(path, threads=args.threads, **options))
         dets = [det.detect(x[i:i + 1])[0] for i in range(len(x))]
         row = _det_row(fmt, det, dets, ref, photos, file_size(path))
@@ -212,19 +227,11 @@ def detector(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
 def detector_without_grids(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
     """The int8 formats of the COCO SSD with its recorded grids removed: calibrated on every 4th shared photo,
     scored on the other 81 against the float model's detections."""
-    from PIL import Image
-
     from mobilenet import runtimes
-    from mobilenet.detection.predict import list_images, model_input
     from mobilenet.detection.runtime import RuntimeDetector
     from mobilenet.export import file_size
-    from mobilenet.tflite.ssd import import_detect_tflite
-    from mobilenet.weights import weights_info
 
-    model = import_detect_tflite(DATA / "weights" / "tflite" / "detect.tflite").eval()
-    model.weights_info = weights_info(model).replace(quantization=None)
-    photos = list_images([DATA / "detection" / "voc" / "VOCdevkit", DATA / "imagenet" / "images"])
-    x = torch.stack([model_input(Image.open(p), model) for p in photos])
+    model, photos, x = _ssd_and_photos(grids=False)
     held = [i for i in range(len(x)) if i % 4]
     with torch.inference_mode():
         ref = [model.detect(x[i:i + 1])[0] for i in held]
@@ -232,12 +239,10 @@ def detector_without_grids(args: argparse.Namespace, folder: Path) -> list[dict[
     sub.mkdir()
     rows = []
     for fmt in DETECTOR_INT8_FORMATS:
-        print(f"detector without grids: {fmt}", file=sys.stderr, flush=True)
-        try:
-            path, options = _export(model, fmt, sub, x[0::4])
-        except (ImportError, ValueError) as e:
-            rows.append({"format": fmt, "skipped": str(e).splitlines()[0]})
+        exported = _export_or_skip(model, fmt, sub, x[0::4], rows, "detector without grids")
+        if exported is None:
             continue
+        path, options = exported
         det = RuntimeDetector(runtimes.load(path, threads=args.threads, **options))
         dets = [det.detect(x[i:i + 1])[0] for i in held]
         rows.append(_det_row(fmt, det, dets, ref, [photos[i] for i in held], file_size(path)))
